@@ -1,0 +1,426 @@
+"""Tests of the datasets package on tiny trees of real PNG files in every supported layout."""
+import os
+import pickle
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageOps
+from torch.utils.data import DataLoader
+from torchvision import transforms as v1
+
+import datasets
+from datasets.splits import stratified_folds
+
+SIZE = 64      # side of the test PNGs
+INP = 40       # inpsize used with them (the code resizes the shorter side to 256 first)
+CLASSES = ["alarm clock", "cat", "flying bird"]
+
+
+def sketch_png(path, seed, size=SIZE, mode="L"):
+    """A few black strokes on white, like a TU-Berlin sketch."""
+    rng = np.random.default_rng(seed)
+    im = Image.new(mode, (size, size), "white")
+    draw = ImageDraw.Draw(im)
+    for _ in range(3):
+        draw.line([tuple(int(v) for v in rng.integers(2, size - 2, 2)) for _ in range(4)], fill="black", width=2)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    im.save(path)
+
+
+def class_tree(root, counts, seed=0, name="{n}.png"):
+    """root/<class>/<n>.png for {class: count}; returns the relative paths made."""
+    made = []
+    for c, (cls, n) in enumerate(counts.items()):
+        for k in range(1, n + 1):
+            rel = os.path.join(cls, name.format(n=k))
+            sketch_png(os.path.join(root, rel), seed * 1000 + c * 100 + k)
+            made.append(rel)
+    return made
+
+
+def tuberlin_native(root, per_class=7):
+    files = class_tree(os.path.join(root, "png"), {c: per_class for c in CLASSES})
+    with open(os.path.join(root, "png", "filelist.txt"), "w") as f:
+        f.write("\n".join(files))
+    open(os.path.join(root, "png", ".DS_Store"), "wb").close()
+    return files
+
+
+def snapshot(root):
+    """Every path under root with its size: what 'nothing was written' compares."""
+    out = {}
+    for folder, dirs, names in os.walk(root):
+        for n in dirs + names:
+            p = os.path.join(folder, n)
+            out[os.path.relpath(p, root)] = os.path.getsize(p) if os.path.isfile(p) else -1
+    return out
+
+
+def val_files(bundle):
+    return {f.replace(os.sep, "/") for f in bundle.val.files}
+
+
+def train_files(bundle):
+    return {f.replace(os.sep, "/") for f in bundle.train.files}
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+
+def test_tuberlin_native_from_parent_or_png_itself(tmp_path):
+    files = tuberlin_native(tmp_path)
+    for data_dir in (tmp_path, tmp_path / "png"):
+        b = datasets.build("tuberlin", data_dir, inpsize=INP)
+        assert b.classes == CLASSES and b.num_classes == 3 and b.num_channels == 1
+        assert len(b.train) + len(b.val) == len(files)
+        x, y = b.train[0]
+        assert x.shape == (1, INP, INP) and x.dtype == torch.float32 and isinstance(y, int)
+        assert b.description.startswith("tuberlin native png/ fold 1:")
+
+
+def test_tuberlin_folds_disjoint_stratified_cover_all_and_deterministic(tmp_path):
+    files = tuberlin_native(tmp_path, per_class=8)
+    vals = [val_files(datasets.build("tuberlin", tmp_path, inpsize=INP, fold=k)) for k in (1, 2, 3)]
+    assert sum(len(v) for v in vals) == len(files) and set().union(*vals) == set(files)
+    for v in vals:
+        per_class = [sum(f.startswith(c + "/") for f in v) for c in CLASSES]
+        assert max(per_class) - min(per_class) <= 1 and all(n in (2, 3) for n in per_class)
+    assert vals[0] == val_files(datasets.build("tuberlin", tmp_path, inpsize=INP, fold=1))
+    # another tree with the same names created in the opposite order (so listed in another order)
+    other = tmp_path / "other"
+    for rel in reversed(files):
+        sketch_png(other / "png" / rel, 1)
+    assert vals[1] == val_files(datasets.build("tuberlin", other, inpsize=INP, fold=2))
+
+
+def test_stratified_folds_frozen_values():
+    """The split depends on names and the seed only: pinned so a change to it is noticed."""
+    keys = [f"c{c}/{k}.png" for c in range(2) for k in range(6)]
+    folds = stratified_folds(keys, [c for c in range(2) for _ in range(6)], 3)
+    assert np.bincount(folds[:6]).tolist() == [2, 2, 2] and np.bincount(folds[6:]).tolist() == [2, 2, 2]
+    assert folds.tolist() == stratified_folds(list(keys), [c for c in range(2) for _ in range(6)], 3).tolist()
+
+
+@pytest.mark.parametrize("sub", ["tuberlin", ""])
+def test_tuberlin_presplit_layouts(tmp_path, sub):
+    root = tmp_path / sub if sub else tmp_path
+    class_tree(root / "train", {c: 3 for c in CLASSES})
+    class_tree(root / "val", {c: 2 for c in CLASSES}, seed=1)
+    b = datasets.build("tuberlin", tmp_path, inpsize=INP)
+    assert b.classes == CLASSES and (len(b.train), len(b.val)) == (9, 6)
+    assert "pre-split" in b.description
+
+
+def sketchy_native(root):
+    """Two classes, 3 photos each, 2 sketches per photo; photo 0 of each class is a test photo."""
+    sketch = root / "rendered_256x256" / "256x256" / "sketch"
+    classes = ["car_(sedan)", "hot-air_balloon"]
+    for c, cls in enumerate(classes):
+        for p in range(3):
+            for n in (1, 2):
+                sketch_png(sketch / "tx_000000000000" / cls / f"n0{c}_{p}-{n}.png", c * 10 + p * 2 + n)
+    for cls in classes:   # a second augmentation variant: one test and one train sketch per class
+        sketch_png(sketch / "tx_000000000010" / cls / f"n0{classes.index(cls)}_0-1.png", 98)
+        sketch_png(sketch / "tx_000000000010" / cls / f"n0{classes.index(cls)}_1-1.png", 99)
+    info = root / "info"
+    info.mkdir()
+    (info / "testset.txt").write_bytes(b"car_(sedan)/n00_0.jpg\r\nhot-air_balloon/n01_0.jpg\r\n")
+    (info / "invalid-error.txt").write_text("n00_1-1\nhot-air_balloon/n01_2-2.png\n")
+    (info / "invalid-pose.txt").write_text("")
+    return classes
+
+
+@pytest.mark.parametrize("name", ["sketchyrecognition", "sketchy"])
+def test_sketchy_native_testset_split(tmp_path, name):
+    classes = sketchy_native(tmp_path)
+    b = datasets.build(name, tmp_path, inpsize=INP)
+    assert b.classes == classes and b.num_channels == 1
+    assert val_files(b) == {"car_(sedan)/n00_0-1.png", "car_(sedan)/n00_0-2.png",
+                            "hot-air_balloon/n01_0-1.png", "hot-air_balloon/n01_0-2.png"}
+    assert len(b.train) == 8 and not any("_0-" in f for f in train_files(b))
+
+
+def test_sketchy_drop_invalid_and_variant(tmp_path):
+    sketchy_native(tmp_path)
+    b = datasets.build("sketchy", tmp_path, inpsize=INP, sketchy_drop_invalid=True)
+    assert "car_(sedan)/n00_1-1.png" not in train_files(b) and "hot-air_balloon/n01_2-2.png" not in train_files(b)
+    assert len(b.train) == 6 and len(b.val) == 4
+    b = datasets.build("sketchy", tmp_path / "rendered_256x256", inpsize=INP, sketchy_variant="tx_000000000010")
+    assert val_files(b) == {"car_(sedan)/n00_0-1.png", "hot-air_balloon/n01_0-1.png"} and len(b.train) == 2
+    with pytest.raises(datasets.DataError, match="tx_000000000099"):
+        datasets.build("sketchy", tmp_path, inpsize=INP, sketchy_variant="tx_000000000099")
+
+
+@pytest.mark.parametrize("sub", ["sketchy_recognition", ""])
+def test_sketchy_presplit_layouts(tmp_path, sub):
+    root = tmp_path / sub if sub else tmp_path
+    class_tree(root / "train", {"airplane": 3, "car_(sedan)": 2})
+    class_tree(root / "val", {"airplane": 1, "car_(sedan)": 1}, seed=1)
+    b = datasets.build("sketchyrecognition", tmp_path, inpsize=INP)
+    assert b.classes == ["airplane", "car_(sedan)"] and (len(b.train), len(b.val)) == (5, 2)
+
+
+def fake_cifar(root, hundred=False):
+    """torchvision's on-disk CIFAR format: pickled dicts of uint8 rows [N, 3072]."""
+    rng = np.random.default_rng(0)
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    label_key = "fine_labels" if hundred else "labels"
+    names = ["train", "test"] if hundred else [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), label_key: [0, 1, 2, 1]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    meta = {"fine_label_names": [f"c{i}" for i in range(100)]} if hundred else \
+        {"label_names": ["airplane", "automobile", "bird"] + [f"c{i}" for i in range(7)]}
+    (folder / ("meta" if hundred else "batches.meta")).write_bytes(pickle.dumps(meta))
+    return folder
+
+
+@pytest.mark.parametrize("hundred", [False, True])
+def test_cifar_on_disk_format(tmp_path, hundred):
+    folder = fake_cifar(tmp_path, hundred)
+    name = "cifar100" if hundred else "cifar10"
+    for data_dir in (tmp_path, folder):
+        b = datasets.build(name, data_dir, inpsize=32)
+        assert (len(b.train), len(b.val)) == ((4, 4) if hundred else (20, 4))
+        assert b.num_classes == (100 if hundred else 10) and b.num_channels == 3
+        x, y = b.train[0]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
+
+
+def test_imagenet_layout_rgb_and_grayscale(tmp_path):
+    for side, n in (("train", 2), ("val", 1)):
+        for wnid in ("n01440764", "n01443537"):
+            for k in range(n):
+                os.makedirs(tmp_path / side / wnid, exist_ok=True)
+                Image.new("RGB", (70, 50), (200, 30, 30)).save(tmp_path / side / wnid / f"{k}.JPEG")
+    b = datasets.build("imagenet12", tmp_path, inpsize=INP)
+    assert b.classes == ["n01440764", "n01443537"] and b.num_channels == 3
+    assert b.train[0][0].shape == (3, INP, INP) and b.val[0][0].shape == (3, INP, INP)
+    g = datasets.build("imagenet12", tmp_path, inpsize=INP, grayscale=True, ten_crop=True)
+    assert g.num_channels == 1 and g.val[0][0].shape == (10, 1, INP, INP)
+
+
+def test_digits_default():
+    b = datasets.build("digits", None, inpsize=INP)
+    assert (len(b.train), len(b.val)) == (1437, 360) and b.num_classes == 10 and b.num_channels == 1
+    assert np.bincount(b.val.targets).min() >= 35
+    x, _ = b.val[0]
+    assert x.shape == (1, INP, INP)
+    background = x[0, 0, 0]
+    assert torch.all(x >= background - 1e-6) and x.max() > background + 1   # ink high, background lowest
+    x, _ = b.train[0]
+    assert x.shape == (1, INP, INP)
+    assert datasets.build("digits", None, inpsize=INP, ten_crop=True).val[0][0].shape == (10, 1, INP, INP)
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+
+def test_ten_crop_equals_torchvision_tencrop_through_pil(tmp_path):
+    tuberlin_native(tmp_path)
+    b = datasets.build("tuberlin", tmp_path, inpsize=INP, ten_crop=True)
+    x, _ = b.val[0]
+    assert x.shape == (10, 1, INP, INP)
+    # the reference: the original's steps in PIL, then torchvision's (v1, PIL) TenCrop crop by crop
+    im = Image.open(os.path.join(b.val.root, b.val.files[0])).convert("L").resize((256, 256), Image.BILINEAR)
+    crops = v1.TenCrop(INP)(ImageOps.invert(im))
+    norm = v1.Normalize([0.06], [0.93])
+    ref = torch.stack([norm(v1.functional.to_tensor(c)) for c in crops])
+    torch.testing.assert_close(x, ref)
+
+
+def test_val_is_centre_crop_of_inverted_sketch(tmp_path):
+    tuberlin_native(tmp_path)
+    b = datasets.build("tuberlin", tmp_path, inpsize=INP)
+    im = Image.open(os.path.join(b.val.root, b.val.files[0])).convert("L").resize((256, 256), Image.BILINEAR)
+    ref = v1.Normalize([0.06], [0.93])(1 - v1.functional.to_tensor(v1.CenterCrop(INP)(im)))
+    torch.testing.assert_close(b.val[0][0], ref)
+
+
+def test_average_crops_means_log_probs():
+    out = torch.arange(24.0).reshape(6, 4)          # 2 images x 3 crops x 4 classes
+    avg = datasets.average_crops(out, 3)
+    torch.testing.assert_close(avg, torch.stack([out[:3].mean(0), out[3:].mean(0)]))
+    with pytest.raises(ValueError):
+        datasets.average_crops(out, 4)
+
+
+def test_rotated_in_corners_are_background(tmp_path):
+    blank = tmp_path / "png" / "blank"
+    blank.mkdir(parents=True)
+    for k in range(3):
+        Image.new("L", (SIZE, SIZE), 255).save(blank / f"{k}.png")
+    (tmp_path / "png" / "other").mkdir()
+    Image.new("L", (SIZE, SIZE), 255).save(tmp_path / "png" / "other" / "0.png")
+    b = datasets.build("tuberlin", tmp_path, inpsize=INP, fold=2)
+    torch.manual_seed(0)
+    for _ in range(10):   # random crop, flip and rotation of an empty sketch stay empty
+        x, _ = b.train[0]
+        torch.testing.assert_close(x, torch.full_like(x, (0 - 0.06) / 0.93))
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+def test_cache_matches_uncached_and_is_reused(tmp_path, monkeypatch):
+    tuberlin_native(tmp_path)
+    cache = tmp_path / "cache"
+    plain = datasets.build("tuberlin", tmp_path, inpsize=INP, augment=False)
+    cached = datasets.build("tuberlin", tmp_path, inpsize=INP, augment=False, cachemode=True, cache_dir=cache)
+    assert cached.description.endswith("cached") and plain.train.files == cached.train.files
+    for a, b in ((plain.train, cached.train), (plain.val, cached.val)):
+        for i in range(len(a)):
+            torch.testing.assert_close(a[i][0], b[i][0], rtol=0, atol=0)
+    built = os.listdir(cache)
+    # a second run reads the finished cache: no file is checked or decoded again
+    monkeypatch.setattr(datasets, "probe_all", lambda *a, **k: pytest.fail("files checked again"))
+    monkeypatch.setattr(datasets, "build_cache", lambda *a, **k: pytest.fail("cache built again"))
+    again = datasets.build("tuberlin", tmp_path / "png", inpsize=INP, ten_crop=True, cachemode=True, cache_dir=cache,
+                           fold=3)
+    assert again.val[0][0].shape == (10, 1, INP, INP) and os.listdir(cache) == built
+    monkeypatch.undo()
+    # a changed file list gives a new cache and removes the stale one, and the leftovers of a killed build
+    tag = built[0][:-25]
+    (cache / f".tmp-{tag}-{'0' * 24}-{2 ** 22 + 1}@{socket.gethostname()}").mkdir()
+    sketch_png(tmp_path / "png" / "cat" / "99.png", 5)
+    datasets.build("tuberlin", tmp_path, inpsize=INP, cachemode=True, cache_dir=cache)
+    assert len(os.listdir(cache)) == 1 and os.listdir(cache) != built
+
+
+def test_default_cache_dir_inside_data_dir_is_not_a_class(tmp_path):
+    tuberlin_native(tmp_path)
+    b = datasets.build("tuberlin", tmp_path / "png", inpsize=INP, cachemode=True)
+    assert (tmp_path / "png" / ".dabnet_cache").is_dir()
+    b2 = datasets.build("tuberlin", tmp_path / "png", inpsize=INP, cachemode=True)
+    assert b2.classes == b.classes == CLASSES
+
+
+def test_interrupted_cache_build_is_never_taken_as_complete(tmp_path, monkeypatch):
+    tuberlin_native(tmp_path)
+    cache = tmp_path / "cache"
+    from datasets import cache as cache_mod
+
+    calls = {"n": 0}
+    real = cache_mod._DecodeRows.__getitem__
+
+    def dies_halfway(self, k):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real(self, k)
+
+    monkeypatch.setattr(cache_mod._DecodeRows, "__getitem__", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        datasets.build("tuberlin", tmp_path, inpsize=INP, cachemode=True, cache_dir=cache)
+    assert not cache.exists()
+    monkeypatch.undo()
+    b = datasets.build("tuberlin", tmp_path, inpsize=INP, cachemode=True, cache_dir=cache, augment=False)
+    plain = datasets.build("tuberlin", tmp_path, inpsize=INP, augment=False)
+    torch.testing.assert_close(b.train[len(b.train) - 1][0], plain.train[len(plain.train) - 1][0])
+
+
+def test_datasets_pickle_and_load_in_workers(tmp_path):
+    tuberlin_native(tmp_path)
+    b = datasets.build("tuberlin", tmp_path, inpsize=INP, cachemode=True, cache_dir=tmp_path / "c", ten_crop=True)
+    b.train[0]   # opens the memmap; pickling must still carry only the path
+    assert len(pickle.dumps(b.train)) < 20000
+    xs, ys = next(iter(DataLoader(b.val, batch_size=3, num_workers=2)))
+    assert xs.shape == (3, 10, 1, INP, INP) and ys.shape == (3,)
+    pickle.loads(pickle.dumps(datasets.build("digits", None, inpsize=INP).train))
+
+
+# ---------------------------------------------------------------------------------------------- bad data
+
+def truncated_png(path):
+    sketch_png(path, 7)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+def _missing(root):
+    return root / "nope"
+
+
+def _empty(root):
+    (root / "d").mkdir()
+    return root / "d"
+
+
+def _unknown_layout(root):
+    (root / "d" / "stuff").mkdir(parents=True)
+    (root / "d" / "readme.txt").write_text("hi")
+    (root / "d" / "stuff" / "notes.txt").write_text("hi")
+    return root / "d"
+
+
+def _empty_class(root):
+    tuberlin_native(root / "d")
+    (root / "d" / "png" / "empty class").mkdir()
+    (root / "d" / "png" / "empty class" / "filelist.txt").write_text("x")
+    return root / "d"
+
+
+def _class_sets_differ(root):
+    class_tree(root / "d" / "train", {"cat": 1, "dog": 1})
+    class_tree(root / "d" / "val", {"cat": 1, "cow": 1})
+    return root / "d"
+
+
+def _truncated(root):
+    tuberlin_native(root / "d")
+    truncated_png(root / "d" / "png" / "cat" / "3.png")
+    return root / "d"
+
+
+def _garbage(root):
+    tuberlin_native(root / "d")
+    (root / "d" / "png" / "flying bird" / "8.PNG").write_bytes(b"not an image at all")
+    return root / "d"
+
+
+BAD = {"missing": (_missing, "does not exist"), "empty": (_empty, "is empty"),
+       "unknown layout": (_unknown_layout, r"png/<class>/<n>\.png"),
+       "empty class": (_empty_class, "empty class"), "class sets differ": (_class_sets_differ, "only in val"),
+       "truncated image": (_truncated, r"cat.3\.png"), "garbage image": (_garbage, r"8\.PNG")}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_data_one_line_error_and_nothing_written(tmp_path, case):
+    make, pattern = BAD[case]
+    data_dir = make(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(datasets.DataError, match=pattern) as err:
+        datasets.build("tuberlin", data_dir, inpsize=INP, cachemode=True)
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("cachemode", [False, True])
+def test_skip_bad_images_warns_with_count(tmp_path, cachemode):
+    files = tuberlin_native(tmp_path)
+    truncated_png(tmp_path / "png" / "cat" / "3.png")
+    (tmp_path / "png" / "cat" / "4.png").write_bytes(b"junk")
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        b = datasets.build("tuberlin", tmp_path, inpsize=INP, skip_bad_images=True, cachemode=cachemode,
+                           cache_dir=tmp_path / "c")
+    assert len(b.train) + len(b.val) == len(files) - 2 and "cat/3.png" not in train_files(b) | val_files(b)
+    if cachemode:   # the cache remembers its bad files: without skipping, the same error as before
+        with pytest.raises(datasets.DataError, match=r"3\.png"):
+            datasets.build("tuberlin", tmp_path, inpsize=INP, cachemode=True, cache_dir=tmp_path / "c")
+
+
+def test_cifar_missing_and_damaged(tmp_path):
+    (tmp_path / "cifar-100-python").mkdir()
+    with pytest.raises(datasets.DataError, match="cifar-10-batches-py"):
+        datasets.build("cifar10", tmp_path, inpsize=32)
+    folder = fake_cifar(tmp_path)
+    (folder / "data_batch_3").write_bytes(b"\x80\x04junk")
+    with pytest.raises(datasets.DataError, match="damaged"):
+        datasets.build("cifar10", tmp_path, inpsize=32)
+
+
+def test_unknown_dataset_name_lists_choices():
+    with pytest.raises(ValueError, match="tuberlin"):
+        datasets.build("mnist", None, inpsize=32)
+    assert set(datasets.DATASETS) >= {"tuberlin", "sketchyrecognition", "sketchy", "cifar10", "cifar100",
+                                      "imagenet12", "digits"}
