@@ -9,11 +9,11 @@ Imports torch only (no torchvision).
 
 from .functions import SOLVERS, bnn, dab, xnor
 from .modules import ACTIVATIONS, BinActive, DABActive, WeightBinarizer
-from .attach import (binarize_weights, binarized_layers, conv_layers, layer_stats, project_latent_,
-                     resolve_range)
+from .attach import (binarize_weights, binarized_layers, conv_layers, layer_stats, mark_projected_,
+                     project_latent_, project_pending_, resolve_range)
 
 METHODS = tuple(SOLVERS)
 
 __all__ = ["dab", "xnor", "bnn", "METHODS", "BinActive", "DABActive", "ACTIVATIONS", "WeightBinarizer",
-           "binarize_weights", "binarized_layers", "conv_layers", "layer_stats", "project_latent_",
+           "binarize_weights", "binarized_layers", "conv_layers", "layer_stats", "mark_projected_", "project_latent_", "project_pending_",
            "resolve_range"]

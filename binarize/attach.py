@@ -61,6 +61,12 @@ def _project_if_changed(conv, args):
         _project(conv, binarizer)
 
 
+def project_pending_(model):
+    """Apply any projection a forward would apply now (latent weights changed since their last projection)."""
+    for _, _, conv, _ in binarized_layers(model):
+        _project_if_changed(conv, ())
+
+
 def project_latent_(model):
     """Mean-centre (over input channels) and clamp to [-1, 1] every binarized latent weight, now."""
     for _, _, conv, binarizer in binarized_layers(model):
@@ -106,3 +112,10 @@ def layer_stats(model):
              k_frac=b.k_frac.item(), alpha=b.alpha.item(), beta=b.beta.item())
         for index, name, conv, b in binarized_layers(model)
     ]
+
+
+def mark_projected_(model):
+    """Record the current latent weights as already projected (e.g. just loaded from a checkpoint that
+    was saved after a projecting forward), so the next forward does not project them a second time."""
+    for _, _, conv, binarizer in binarized_layers(model):
+        binarizer.projected_version = conv.parametrizations.weight.original._version

@@ -1,0 +1,208 @@
+"""End-to-end tests of the training CLI: main.main(argv) on tiny generated data."""
+
+import csv
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+import main
+import opts
+from tinydata import split_tree
+
+CLASSES = ["alarm clock", "bear"]
+# A small, cheap binarized model for the tests of the CLI's mechanics (NIN: 9 convs, sizes 29..32).
+FAST = ["--model_def", "nin", "--inpsize", "32", "--binaryWeight"]
+
+
+@pytest.fixture(scope="module")
+def sketches(tmp_path_factory):
+    """A tiny TU-Berlin tree in the original's pre-split layout (<data_dir>/tuberlin/{train,val})."""
+    root = tmp_path_factory.mktemp("tub")
+    return str(split_tree(root, CLASSES, train_per_class=3, val_per_class=2, subdir="tuberlin"))
+
+
+def base_args(data_dir, tmp_path, *extra, name="run"):
+    return ["--dataset", "tuberlin", "--data_dir", data_dir, "--epochs", "1", "--batch-size", "8",
+            "--testbatchsize", "4", "--workers", "0", "--logdir", str(tmp_path / "logs"),
+            "--store", str(tmp_path / "ckpt"), "--name", name, *extra]
+
+
+def read_events(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(folder)
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+KINDS = {
+    "fp": ["--model_def", "sketchanet"],
+    "wbin-dab": ["--model_def", "sketchanetwbin", "--binaryWeight", "--binarizer", "dab"],
+    "wbin-xnor": ["--model_def", "sketchanetwbin", "--binaryWeight", "--binarizer", "xnor"],
+    "wbin-bnn": ["--model_def", "sketchanetwbin", "--binaryWeight", "--bnnModel"],
+    "fbin-dab": ["--model_def", "sketchanetfbin", "--binaryWeight"],
+}
+
+
+@pytest.mark.parametrize("ten_crop", [False, True], ids=["center", "tencrop"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_main_trains_and_logs_end_to_end(kind, ten_crop, sketches, tmp_path, capsys):
+    argv = base_args(sketches, tmp_path, *KINDS[kind], "--epochs", "2") + (["--tenCrop"] if ten_crop else [])
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "best val top1" in out and "final val top1" in out
+    run_dir = tmp_path / "logs" / "run"
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["val_top1"]) >= 0 and float(r["lr"]) > 0 for r in rows)
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["model_def"] == KINDS[kind][1] and saved["tenCrop"] == ten_crop
+    events = read_events(str(run_dir))
+    for tag in ("train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5", "lr"):
+        assert len(events[tag]) == 2, tag
+    binarized = kind != "fp"
+    assert ("binarize/conv02/k_frac" in events) == binarized
+    if binarized:
+        assert 0 < events["binarize/conv07/k_frac"][-1] < 1
+        assert events["binarize/conv02/alpha"][-1] > events["binarize/conv02/beta"][-1]
+    for name in ("last.pth", "best.pth"):
+        state = torch.load(tmp_path / "ckpt" / name, map_location="cpu", weights_only=True)
+        assert {"epoch", "model", "optimizer", "best_acc1", "args", "rng"} <= set(state)
+    assert torch.load(tmp_path / "ckpt" / "last.pth", weights_only=True)["epoch"] == 2
+
+
+def state_of(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(workers, sketches, tmp_path):
+    common = FAST + ["--workers", str(workers), "--batch-size", "4"]
+    straight = base_args(sketches, tmp_path / "a", *common, "--epochs", "3")
+    assert main.main(straight) == 0
+    first = base_args(sketches, tmp_path / "b", *common, "--epochs", "1")
+    assert main.main(first) == 0
+    resumed = base_args(sketches, tmp_path / "b", *common, "--epochs", "3",
+                        "--resume", str(tmp_path / "b" / "ckpt" / "last.pth"))
+    assert main.main(resumed) == 0
+    a, b = state_of(tmp_path / "a" / "ckpt" / "last.pth"), state_of(tmp_path / "b" / "ckpt" / "last.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with open(tmp_path / "b" / "logs" / "run" / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+
+
+def test_evaluate_only_reports_and_writes_nothing(sketches, tmp_path, capsys):
+    assert main.main(base_args(sketches, tmp_path, *FAST)) == 0
+    ckpt = str(tmp_path / "ckpt" / "last.pth")
+    before = sorted(glob.glob(str(tmp_path / "**"), recursive=True))
+    capsys.readouterr()
+    argv = base_args(sketches, tmp_path, *FAST, "--evaluate", "--resume", ckpt, "--tenCrop",
+                     "--calculateBinarizationLosses")
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "val: loss" in out and "ten-crop" in out and "conv   8" in out
+    assert sorted(glob.glob(str(tmp_path / "**"), recursive=True)) == before
+    assert main.main(base_args(sketches, tmp_path, *FAST, "--testOnly", "--pretrained_file", ckpt)) == 0
+
+
+def test_binarization_losses_are_printed_and_logged(sketches, tmp_path, capsys):
+    argv = base_args(sketches, tmp_path, "--model_def", "sketchanetwbin", "--calculateBinarizationLosses")
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "binarization losses" in out
+    rows = json.loads((tmp_path / "logs" / "run" / "binarization_losses.json").read_text())
+    assert [r["index"] for r in rows] == [2, 3, 4, 5, 6, 7]
+    assert all(r["rmse"] > 0 for r in rows)
+    assert "binarization_rmse/conv02" in read_events(str(tmp_path / "logs" / "run"))
+
+
+@pytest.mark.parametrize("optim", opts.OPTIMIZERS)
+def test_every_optimizer_trains(optim, sketches, tmp_path):
+    argv = base_args(sketches, tmp_path, *FAST, "--optimType", optim, "--nesterov")
+    assert main.main(argv) == 0
+    state = torch.load(tmp_path / "ckpt" / "last.pth", weights_only=True)
+    assert state["optimizer"]["state"], "the optimizer took no step"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sketches, tmp_path, monkeypatch, capsys):
+    argv = base_args(sketches, tmp_path, *FAST)
+    assert main.main(argv) == 0
+    last = tmp_path / "ckpt" / "last.pth"
+    good = last.read_bytes()
+    monkeypatch.setattr(torch.nn.NLLLoss, "forward", lambda self, x, t: (x * float("nan")).sum())
+    assert main.main(argv[:] + ["--epochs", "3", "--resume", str(last)]) == 1
+    assert "loss is nan" in capsys.readouterr().err
+    assert last.read_bytes() == good
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def error_cases(sketches, tmp_path):
+    """(argv, expected fragment of the one-line message) for each kind of bad input."""
+    other = tmp_path / "other"
+    assert main.main(base_args(sketches, other, "--model_def", "nin", "--inpsize", "32")) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    blocker = write(tmp_path / "afile", b"x")
+    cases = {
+        "missing data_dir": (["--data_dir", str(tmp_path / "nope")], "nope"),
+        "empty data_dir": (["--data_dir", str(empty)], "empty"),
+        "nClasses mismatch": (["--nClasses", "250"], "--nClasses 250"),
+        "unknown model": (["--model_def", "sketchynet"], "invalid choice"),
+        "bin range outside model": (["--binStart", "10", "--binEnd", "12"], "9 convs"),
+        "input size": (["--inpsize", "64"], "29..32"),
+        "resume missing": (["--resume", str(tmp_path / "none.pth")], "does not exist"),
+        "resume corrupt": (["--resume", write(tmp_path / "bad.pth", b"not a checkpoint")], "corrupt"),
+        "resume other model": (["--resume", str(other / "ckpt" / "last.pth")], "another model"),
+        "unwritable logdir": (["--logdir", os.path.join(blocker, "logs")], "--logdir"),
+        "unwritable store": (["--store", os.path.join(blocker, "ckpt")], "--store"),
+        "zero batch size": (["--batch-size", "0"], "positive"),
+        "negative epochs": (["--epochs", "-1"], "positive"),
+        "unknown optimizer": (["--optimType", "rmsprop"], "invalid choice"),
+        "unknown schedule": (["--learningratescheduler", "cosine"], "invalid choice"),
+        "ngpus without torchrun": (["--ngpus", "2"], "torchrun"),
+    }
+    if not torch.cuda.is_available():
+        cases["cuda absent"] = (["--device", "cuda"], "CUDA")
+        cases["syncBN on cpu"] = (["--syncBN"], "--syncBN needs CUDA")
+        cases["amp on cpu"] = (["--amp", "bf16"], "needs CUDA")
+    return cases
+
+
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(sketches, tmp_path, capsys):
+    cases = error_cases(sketches, tmp_path / "setup")
+    for label, (extra, fragment) in cases.items():
+        run_root = tmp_path / label.replace(" ", "_")
+        argv = base_args(sketches, run_root, *FAST) + extra
+        assert main.main(argv) == 2, label
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, (label, err)
+        assert "error" in err and fragment in err, (label, err)
+        assert not run_root.exists(), f"{label}: something was written"
+
+
+def test_argparse_errors_exit_with_status_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        opts.parse(["--optimType", "rmsprop"])
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_defaults_train_a_dab_binarized_sketchanet_on_digits():
+    args = opts.parse([])
+    assert (args.dataset, args.model_def, args.binaryWeight, args.binarizer) == ("digits", "sketchanetwbin", True, "dab")
+    assert (args.binStart, args.binEnd, args.inpsize) == (2, 7, 225)
+    assert opts.parse(["--model_def", "sketchanet"]).binaryWeight is False
+    assert opts.parse(["--model_def", "resnetwbin18"]).binEnd == 100
+    assert opts.parse(["--model_def", "sketchanet", "--binaryWeight"]).binaryWeight is True
+    assert opts.parse(["--model_def", "sketchanetwbin", "--no-binaryWeight"]).binaryWeight is False
+    assert opts.parse(["--bnnModel"]).binarizer == "bnn"

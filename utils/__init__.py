@@ -1,0 +1,1 @@
+"""Training utilities: meters, the learning-rate schedule, checkpoints, logs, distributed helpers."""
