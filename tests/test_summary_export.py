@@ -1,0 +1,353 @@
+"""Tests of utils.summary (bit-aware per-layer summary) and utils.export (packed 1-bit .safetensors)."""
+
+import math
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load, save_file
+from torch.nn.utils import parametrize
+
+import binarize
+import main
+import models
+from tinydata import split_tree
+from utils import export
+from utils.checkpoint import atomic_save
+from utils.export import (DABInferenceConv2d, ExportError, __version__, export_model, load_export, load_export_into,
+                          pack_bits, read_export, unpack_bits)
+from utils.summary import format_summary, summarize
+
+# (model_def, binarizer, bin range or None for the family's, input size or None for the smallest valid one)
+CASES = [
+    # AlexNet's convs 6-8 hold 50M weights whose DAB solve alone takes ~15 s on 2 CPU cores: convs 2..5 only.
+    ("alexnetwbin", "dab", (2, 5), None), ("alexnetfbin", "xnor", (2, 5), None),
+    ("sketchanetwbin", "dab", None, None), ("sketchanetfbin", "bnn", None, None),
+    ("resnetwbin18", "xnor", None, None), ("resnetfbin18", "dab", None, None),
+    ("googlenetwbin", "bnn", None, None), ("googlenetfbin", "dab", None, None),
+    ("squeezenetwbin", "dab", None, None), ("squeezenetfbin", "xnor", None, None),
+    ("bincifar", "dab", None, None), ("bincifarfbin", "dab", None, None),
+    ("nin", "dab", None, None), ("densenet", "xnor", None, None), ("mobilenet", "dab", None, None),
+    ("vgg16_bncifar", "bnn", None, None),
+]
+
+
+def config_of(name, method, bin_range=None, inpsize=None, num_classes=5, activation="sign"):
+    info = models.model_info(name)
+    start, end = bin_range or info.bin_range
+    return dict(model_def=name, num_classes=num_classes, in_channels=info.default_in_channels,
+                inpsize=inpsize or info.min_inpsize, binStart=start, binEnd=end, binaryWeight=True,
+                binarizer=method, binActivation=activation)
+
+
+def build(config, seed=0):
+    torch.manual_seed(seed)
+    model = models.build_model(config["model_def"], config["num_classes"], config["in_channels"])
+    if config["binActivation"] != "sign":
+        main.swap_activations(model, binarize.ACTIVATIONS[config["binActivation"]])
+    binarize.binarize_weights(model, config["binStart"], config["binEnd"], config["binarizer"])
+    return model.eval()
+
+
+def reference_and_export(model, config, path, x):
+    """Outputs of the binarized model and its export, with one DAB solve per layer."""
+    with torch.no_grad(), parametrize.cached():
+        ref = model(x)
+        report = export_model(model, path, config)
+    return ref, report
+
+
+def sample(config, batch=1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    size = config["inpsize"]
+    return torch.randn(batch, config["in_channels"], size, size, generator=g)
+
+
+@pytest.mark.parametrize("name,method,bin_range,inpsize", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_export_reload_reproduces_outputs_and_packs_one_bit(name, method, bin_range, inpsize, tmp_path):
+    config = config_of(name, method, bin_range, inpsize)
+    model = build(config)
+    x = sample(config)
+    path = str(tmp_path / "m.safetensors")
+    ref, report = reference_and_export(model, config, path, x)
+
+    rebuilt, meta = load_export(path)
+    with torch.no_grad():
+        out = rebuilt(x)
+    assert (out - ref).abs().max().item() <= 1e-5
+    assert meta["dabnet_version"] == __version__
+    assert {k: meta[k] for k in config} == config
+
+    tensors, _, layers = read_export(path)
+    binarized = binarize.binarized_layers(model)
+    assert sorted(layers) == sorted(n for _, n, _, _ in binarized)
+    for _, lname, conv, _ in binarized:
+        n = math.prod(conv.parametrizations.weight.original.shape)
+        assert tensors[f"{lname}.weight.bits"].numel() == (n + 7) // 8
+        assert tensors[f"{lname}.weight.bits"].dtype == torch.uint8
+    assert report["bytes"] == os.path.getsize(path)
+    assert report["ratio"] == pytest.approx(report["fp32_bytes"] / report["bytes"])
+
+
+def test_export_keeps_activation_binarizer_and_loads_into_a_binarized_model(tmp_path):
+    config = config_of("nin", "dab", activation="dab")
+    model = build(config)
+    x = sample(config)
+    path = str(tmp_path / "m.safetensors")
+    ref, _ = reference_and_export(model, config, path, x)
+
+    rebuilt, _ = load_export(path)
+    assert any(isinstance(m, binarize.DABActive) for m in rebuilt.modules())
+    target = build(config, seed=5)  # other weights, same flags: what main.py --pretrained_file builds
+    load_export_into(target, path)
+    assert binarize.binarized_layers(target) == []  # fixed decoded weights: exact, not re-solved
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), ref)
+        assert torch.equal(target.eval()(x), ref)
+
+
+def test_load_export_into_keep_latent_stays_binarized(tmp_path):
+    config = config_of("densenet", "dab")
+    model = build(config)
+    x = sample(config)
+    path = str(tmp_path / "m.safetensors")
+    ref, _ = reference_and_export(model, config, path, x)
+    target = build(config, seed=5)
+    load_export_into(target, path, keep_latent=True)
+    assert len(binarize.binarized_layers(target)) == 6
+    with torch.no_grad():
+        out = target(x)
+    # the re-solved group means differ from the stored ones only by float rounding
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_load_export_into_refuses_another_configuration(tmp_path):
+    config = config_of("densenet", "dab")
+    model = build(config)
+    path = str(tmp_path / "m.safetensors")
+    reference_and_export(model, config, path, sample(config))
+    wider = build(dict(config, binStart=1))
+    with pytest.raises(ExportError, match="binarized here but full precision in the export"):
+        load_export_into(wider, path)
+    other_method = build(dict(config, binarizer="xnor"))
+    with pytest.raises(ExportError, match="pass --binarizer dab"):
+        load_export_into(other_method, path)
+    other_classes = build(dict(config, num_classes=7))
+    with pytest.raises(ExportError, match="does not fit this model"):
+        load_export_into(other_classes, path)
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    config = config_of("densenet", "dab")
+    path = str(tmp_path_factory.mktemp("export") / "densenet.safetensors")
+    model = build(config)
+    reference_and_export(model, config, path, sample(config))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def flip_last_byte(data):
+    return data[:-1] + bytes([data[-1] ^ 0x01])
+
+
+def edit_header(data):
+    return data.replace(b'"num_classes":"5"', b'"num_classes":"6"', 1)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: d[: len(d) // 2], "truncated or not a safetensors file"),
+    (lambda d: d[:-1], "truncated or not a safetensors file"),
+    (lambda d: d[:6], "truncated or not a safetensors file"),
+    (flip_last_byte, "fails its sha256 check"),
+    (edit_header, "fails its sha256 check"),
+], ids=["half", "last-byte-missing", "header-cut", "tensor-bit-flipped", "header-edited"])
+def test_damaged_export_is_refused_with_one_line(small_export, damage, message, tmp_path):
+    damaged = damage(small_export)
+    assert damaged != small_export
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(damaged)
+    with pytest.raises(ExportError, match=message) as info:
+        load_export(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_packed_sizes_are_checked_against_shapes(small_export, tmp_path):
+    path = tmp_path / "good.safetensors"
+    path.write_bytes(small_export)
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+    tensors = load(small_export)
+    key = next(k for k in tensors if k.endswith(".weight.bits"))
+    tensors[key] = tensors[key][:-1].clone()
+    header["sha256"] = export._digest(tensors, header)  # a consistent checksum: only the size check catches it
+    save_file(tensors, str(tmp_path / "short.safetensors"), metadata=header)
+    with pytest.raises(ExportError, match="packed bytes for shape"):
+        read_export(str(tmp_path / "short.safetensors"))
+
+
+def test_foreign_safetensors_and_missing_file_are_refused(tmp_path):
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ExportError, match="not a dabnet export"):
+        read_export(str(tmp_path / "other.safetensors"))
+    with pytest.raises(ExportError, match="does not exist"):
+        read_export(str(tmp_path / "none.safetensors"))
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 1000])
+def test_pack_bits_round_trip_and_size(count):
+    mask = torch.rand(count, generator=torch.Generator().manual_seed(count)) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(count / 8)
+    assert torch.equal(unpack_bits(packed, count), mask)
+
+
+@pytest.mark.parametrize("c_in,c_out,kernel,stride,padding,dilation,groups,bias", [
+    (3, 8, 3, 1, 1, 1, 1, False), (6, 4, 5, 2, 2, 1, 2, True), (8, 8, 3, 1, 2, 2, 8, False),
+    (16, 12, (3, 1), (2, 1), 0, 1, 4, True), (5, 7, 1, 1, 0, 1, 1, True),
+])
+def test_dab_inference_form_equals_dense_form(c_in, c_out, kernel, stride, padding, dilation, groups, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation, groups, bias).double()
+    w_hat, alpha, beta, k = binarize.dab(conv.weight.detach())
+    mask = w_hat == alpha.view(-1, 1, 1, 1)
+    assert torch.equal(mask.flatten(1).sum(1), k)
+    factored = DABInferenceConv2d.from_conv(conv, mask, alpha, beta)
+    assert torch.equal(factored.dense_weight(), w_hat)
+    x = torch.randn(2, c_in, 11, 9, dtype=torch.float64)
+    dense = torch.nn.functional.conv2d(x, w_hat, conv.bias, stride, padding, dilation, groups)
+    torch.testing.assert_close(factored(x), dense, rtol=1e-12, atol=1e-12)
+    # fp32 on sign-binarized input, where conv(x, e) only counts: agrees with the dense form to rounding
+    signs = torch.sign(x).float()
+    conv = conv.float()
+    factored32 = DABInferenceConv2d.from_conv(conv, mask, alpha.float(), beta.float())
+    dense32 = torch.nn.functional.conv2d(signs, w_hat.float(), conv.bias, stride, padding, dilation, groups)
+    torch.testing.assert_close(factored32(signs), dense32, rtol=1e-5, atol=1e-5)
+
+
+def test_load_export_inference_form_matches_dense_model(tmp_path):
+    # MobileNet: real-valued inputs (a sign after a factored conv could flip on rounding) and depthwise convs
+    config = config_of("mobilenet", "dab", num_classes=3)
+    model = build(config)
+    x = sample(config)
+    path = str(tmp_path / "m.safetensors")
+    ref, _ = reference_and_export(model, config, path, x)
+    factored, _ = load_export(path, inference_form=True)
+    assert sum(isinstance(m, DABInferenceConv2d) for m in factored.modules()) == 26
+    with torch.no_grad():
+        out = factored(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+# Sketch-A-Net, 250 classes, 225 x 225, DAB on convs 2..7, computed by hand from the layer table
+# (spec/original-models.md 1.2): spatial outputs 71, 31, 15, 15, 15, 1, 1, 1; wbin has no bias on convs 2..7.
+# (index, 1-bit params, 32-bit params, bytes, MACs, MAC kind)
+SKETCHANET_TABLE = [
+    (1, 0, 64 * 15 * 15 + 64, 57_856, 71 * 71 * 64 * 225, "fp"),            # 72,590,400
+    (2, 128 * 64 * 25, 2 * 128, 25_600 + 1_024, 31 * 31 * 128 * 1_600, "w1"),  # 196,812,800
+    (3, 256 * 128 * 9, 2 * 256, 36_864 + 2_048, 15 * 15 * 256 * 1_152, "w1"),
+    (4, 256 * 256 * 9, 2 * 256, 73_728 + 2_048, 15 * 15 * 256 * 2_304, "w1"),
+    (5, 256 * 256 * 9, 2 * 256, 73_728 + 2_048, 15 * 15 * 256 * 2_304, "w1"),
+    (6, 512 * 256 * 49, 2 * 512, 802_816 + 4_096, 512 * 12_544, "w1"),
+    (7, 512 * 512, 2 * 512, 32_768 + 4_096, 512 * 512, "w1"),
+    (8, 0, 512 * 250 + 250, 513_000, 512 * 250, "fp"),
+]
+
+
+def test_summary_of_sketchanet_matches_hand_computed_table():
+    config = config_of("sketchanetwbin", "dab", num_classes=250, inpsize=225)
+    model = build(config)
+    latent = {n: c.parametrizations.weight.original.clone() for _, n, c, _ in binarize.binarized_layers(model)}
+    summary = summarize(model, 225, 1)
+    rows = summary["rows"]
+    convs = [r for r in rows if r["kind"] == "conv"]
+    got = [(r["index"], r["bits"], r["fp32"], r["bytes"], r["macs"], r["mac_kind"]) for r in convs]
+    assert got == SKETCHANET_TABLE
+    assert [r["weights"] for r in convs] == ["fp"] + ["dab"] * 6 + ["fp"]
+    assert not any(r["binary_input"] for r in convs)
+    (bn,) = [r for r in rows if r["kind"] == "bn"]
+    assert bn["fp32"] == 2 * (64 + 128 + 3 * 256 + 2 * 512) == 3_968
+    t = summary["totals"]
+    assert t["params"] == 8_510_714  # spec/original-models.md: sketchanetwbin at C = 250
+    assert t["binarized_params"] == 8_364_032
+    assert t["fp32_bytes"] == 34_042_856
+    assert t["bytes"] == 1_045_504 + 4 * (146_682 + 3_840) == 1_647_592  # about 1.64 MB
+    assert round(t["ratio"], 1) == 20.7
+    assert t["macs"] == 607_991_872
+    assert t["weight_binary_macs"] == 535_273_472 and t["binary_macs"] == 0
+    for n, c in ((n, c) for _, n, c, _ in binarize.binarized_layers(model)):
+        assert torch.equal(c.parametrizations.weight.original, latent[n])  # summarize changed nothing
+    text = format_summary(summary, title="t")
+    assert "1,647,592" in text and "20.66x" in text
+
+
+def test_summary_counts_fully_binary_macs_and_scales_per_method():
+    for method, scales in (("dab", 2), ("xnor", 1), ("bnn", 0)):
+        model = build(config_of("sketchanetfbin", method, num_classes=250, inpsize=225))
+        t = summarize(model, 225, 1)["totals"]
+        assert t["scale_params"] == scales * (128 + 256 * 3 + 512 * 2)
+        assert t["binary_macs"] == t["weight_binary_macs"] == 535_273_472
+
+
+def test_main_summary_prints_table(capsys):
+    argv = ["--summary", "--dataset", "tuberlin", "--model_def", "sketchanetwbin", "--nClasses", "250",
+            "--inpsize", "225", "--binaryWeight", "--binStart", "2", "--binEnd", "7", "--binarizer", "dab"]
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "features.conv6.conv" in out and "512x256x7x7" in out
+    assert "1,647,592 bytes" in out and "20.66x" in out and "535,273,472 (88.0%)" in out
+
+
+def save_checkpoint(model, config, path):
+    args = {k: config[k] for k in ("model_def", "binaryWeight", "binStart", "binEnd", "binarizer", "binActivation",
+                                   "inpsize")}
+    atomic_save(dict(epoch=1, model=model.state_dict(), optimizer={}, best_acc1=0.0, args=args,
+                     num_classes=config["num_classes"], in_channels=config["in_channels"]), path)
+
+
+def test_main_export_of_sketchanetwbin_is_over_20x_smaller(tmp_path, capsys):
+    config = config_of("sketchanetwbin", "dab", num_classes=250, inpsize=225)
+    model = build(config)
+    x = sample(config)
+    with torch.no_grad():
+        ref = model(x)  # projects the latent weights, as training does before a checkpoint is written
+    save_checkpoint(model, config, str(tmp_path / "last.pth"))
+    out = str(tmp_path / "sketchanet.safetensors")
+    assert main.main(["--export", out, "--resume", str(tmp_path / "last.pth")]) == 0
+    printed = capsys.readouterr().out
+    assert "smaller than the fp32 state_dict" in printed
+    fp32_bytes = 8_510_714 * 4 + 2 * 1_984 * 4 + 7 * 8  # parameters + BN running mean/var + batch counters
+    ratio = fp32_bytes / os.path.getsize(out)
+    assert ratio >= 20
+    rebuilt, meta = load_export(out)
+    assert meta["model_def"] == "sketchanetwbin" and meta["num_classes"] == 250 and meta["binStart"] == 2
+    with torch.no_grad():
+        assert (rebuilt(x) - ref).abs().max().item() <= 1e-5
+
+
+def test_main_evaluates_an_export_like_its_checkpoint(tmp_path, capsys):
+    data = str(split_tree(tmp_path / "data", ["alarm clock", "bear"], train_per_class=1, val_per_class=2,
+                          subdir="tuberlin"))
+    # convs 2..5 only: conv 6's 6.4M weights would be solved four times for nothing
+    config = config_of("sketchanetwbin", "dab", (2, 5), num_classes=2, inpsize=225)
+    model = build(config)
+    with torch.no_grad():
+        model(sample(config, batch=1))
+    save_checkpoint(model, config, str(tmp_path / "last.pth"))
+    export = str(tmp_path / "m.safetensors")
+    assert main.main(["--export", export, "--resume", str(tmp_path / "last.pth")]) == 0
+    common = ["--evaluate", "--dataset", "tuberlin", "--data_dir", data, "--model_def", "sketchanetwbin",
+              "--workers", "0", "--testbatchsize", "4", "--binStart", "2", "--binEnd", "5"]
+    capsys.readouterr()
+    assert main.main(common + ["--resume", str(tmp_path / "last.pth")]) == 0
+    from_checkpoint = [line for line in capsys.readouterr().out.splitlines() if line.startswith("val:")]
+    assert main.main(common + ["--pretrained_file", export]) == 0
+    from_export = [line for line in capsys.readouterr().out.splitlines() if line.startswith("val:")]
+    assert from_checkpoint and from_export == from_checkpoint
+
+    with open(export, "r+b") as f:  # a damaged export: one line on stderr, exit status 2
+        f.truncate(os.path.getsize(export) - 100)
+    assert main.main(common + ["--pretrained_file", export]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "truncated" in err and len(err.splitlines()) == 1
