@@ -60,6 +60,21 @@ def writable_target(path, flag):
         raise UsageError(f"{flag} {path!r} is not writable ({probe!r} is not a writable folder); choose another path")
 
 
+# Datasets whose images have one size: the original ignored --inpsize for them (its CIFAR lines pass 225).
+NATIVE_SIZE = {"cifar10": 32, "cifar100": 32}
+
+
+def resolve_input_size(args):
+    """Use the native size of CIFAR whatever --inpsize says, as the original did; returns a note or None."""
+    native = NATIVE_SIZE.get(args.dataset)
+    if native is None or args.inpsize == native:
+        return None
+    note = (f"note: --inpsize {args.inpsize} does not apply to {args.dataset} (its images are {native}x{native}); "
+            f"using {native}, as the original did")
+    args.inpsize = native
+    return note
+
+
 def build_data(args):
     try:
         bundle = datasets.build(
@@ -159,6 +174,9 @@ def run(args):
     if args.summary or args.export:
         return compression_command(args, device)
 
+    note = resolve_input_size(args)
+    if note and dist.rank_from_env() == 0:
+        print(note)
     seed_everything(args.manualSeed)
     bundle = build_data(args)
     model, bin_indices = build_network(args, bundle.num_classes, bundle.num_channels)
@@ -341,6 +359,7 @@ DATASET_SHAPES = {"digits": (10, 1), "tuberlin": (250, 1), "sketchyrecognition":
 
 def compression_command(args, device):
     """--summary and --export: no data needed."""
+    resolve_input_size(args)
     num_classes, in_channels = DATASET_SHAPES[args.dataset]
     num_classes = args.nClasses or num_classes
     if args.export:

@@ -10,6 +10,11 @@ def launched_by_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def rank_from_env():
+    """This process's rank as torchrun set it (0 outside torchrun), usable before init()."""
+    return int(os.environ.get("RANK", 0))
+
+
 def init(device_type):
     """Join the process group torchrun set up (nccl on CUDA, gloo on CPU); returns (rank, world, local_rank)."""
     if not launched_by_torchrun():
