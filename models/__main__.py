@@ -1,0 +1,66 @@
+"""``python -m models NAME [--inpsize N] [--nClasses C] [--channels K]``: the conv table of a model.
+
+Prints one row per nn.Conv2d in the order --binStart/--binEnd count them: index, module name, shape,
+whether its input is sign-binarized, and the spatial size in and out, plus the family's accepted input
+sizes and recommended bin range. The model is built on the "meta" device, so even AlexNet costs
+nothing. A bad name or size prints one line to stderr and exits with status 2.
+"""
+
+import argparse
+import sys
+
+import torch
+
+from . import build_model, check_input_size, conv_table, list_models, model_info
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
+    parser.add_argument("name", help=f"model name, one of: {', '.join(list_models())}")
+    parser.add_argument("--inpsize", type=int, default=None, help="input side length (default: the family's)")
+    parser.add_argument("--nClasses", type=int, default=250, help="number of classes (default: 250)")
+    parser.add_argument("--channels", type=int, default=None, help="input channels (default: the family's)")
+    return parser
+
+
+def _hw(hw):
+    return "x".join(map(str, hw))
+
+
+def format_table(info, rows, inpsize, channels):
+    """The printed report: a header line, the column titles and one line per conv."""
+    start, end = info.bin_range
+    lines = [f"{info.name} (family {info.family}): {info.num_convs} convs, input {channels}x{inpsize}x{inpsize} "
+             f"(accepts {info.min_inpsize}..{info.max_inpsize}); recommended --binStart {start} --binEnd {end}"
+             " (* = in that range)",
+             f"{'#':>3}  {'module':<28} {'in->out':>11} {'k/s/p':>8} {'groups':>6} {'bias':>4} "
+             f"{'binary input':>12} {'in hw':>9} {'out hw':>9}"]
+    for r in rows:
+        mark = "*" if start <= r["index"] <= end else " "
+        shape = f"{r['in_channels']}->{r['out_channels']}"
+        ksp = f"{r['kernel'][0]}/{r['stride'][0]}/{r['padding'][0]}"
+        lines.append(f"{r['index']:>3}{mark} {r['name']:<28} {shape:>11} {ksp:>8} {r['groups']:>6} "
+                     f"{'yes' if r['bias'] else 'no':>4} {'yes' if r['binary_input'] else 'no':>12} "
+                     f"{_hw(r['input_hw']):>9} {_hw(r['out_hw']):>9}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    try:
+        info = model_info(args.name)
+        inpsize = info.default_inpsize if args.inpsize is None else args.inpsize
+        channels = info.default_in_channels if args.channels is None else args.channels
+        check_input_size(args.name, inpsize)
+        with torch.device("meta"):
+            model = build_model(args.name, args.nClasses, in_channels=channels, init=False)
+        rows = conv_table(model, inpsize, channels)
+    except ValueError as err:
+        print(f"python -m models: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(info, rows, inpsize, channels))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Network-in-Network as in XNOR-Net's CIFAR-10 code: nin (spec/original-models.md, section 1.7).
+
+Conv 1 is full precision (conv -> BN(affine=False) -> ReLU); convs 2-8 are XNOR-Net BinConv2d units,
+BN(in, affine) -> sign -> [Dropout 0.5 on convs 4 and 7] -> conv (bias) -> ReLU; conv 9 is the
+classifier, BN(affine=False) -> conv -> ReLU -> AvgPool(8, stride 1). Every BN has eps 1e-4.
+The ReLU on the class maps is the original's, kept.
+
+Fix of the original (see README): it hard-coded 10 classes and ignored nClasses; the classifier conv
+here has ``num_classes`` outputs.
+"""
+
+from collections import OrderedDict
+from functools import partial
+
+from torch import nn
+
+from . import register
+from .blocks import Classifier, Family, conv_unit, size_range
+
+BN = dict(eps=1e-4)
+# (out, kernel, padding, dropout before the conv) of convs 2-8, or ("maxpool"|"avgpool", 3, stride 2, pad 1)
+LAYOUT = [(160, 1, 0, 0.0), (96, 1, 0, 0.0), ("maxpool", 3, 2, 1),
+          (192, 5, 2, 0.5), (192, 1, 0, 0.0), (192, 1, 0, 0.0), ("avgpool", 3, 2, 1),
+          (192, 3, 1, 0.5), (192, 1, 0, 0.0)]
+POOLS = {"maxpool": nn.MaxPool2d, "avgpool": nn.AvgPool2d}
+POOL_SIZE = 8  # final AvgPool(8, stride 1)
+OPS = ([(5, 1, 2)] + [row[1:] if row[0] in POOLS else (row[1], 1, row[2]) for row in LAYOUT]
+       + [(1, 1, 0), (POOL_SIZE, 1, 0)])
+
+FAMILY = Family("nin", default_inpsize=32, input_sizes=size_range(OPS), in_channels=3, bin_range=(2, 8))
+
+
+class NIN(Classifier):
+    def __init__(self, num_classes, in_channels, *, family):
+        super().__init__(family, binary_inputs=range(2, 9))
+        layers = OrderedDict(conv1=conv_unit(in_channels, 192, 5, 1, 2, bias=True,
+                                             bn_kwargs=dict(BN, affine=False)))
+        cin, i = 192, 2
+        for row in LAYOUT:
+            if row[0] in POOLS:
+                layers[f"{row[0]}{i - 1}"] = POOLS[row[0]](*row[1:])
+                continue
+            cout, kernel, padding, dropout = row
+            layers[f"conv{i}"] = conv_unit(cin, cout, kernel, 1, padding, bias=True, binary_input=True,
+                                           dropout=dropout, bn_kwargs=BN)
+            cin, i = cout, i + 1
+        layers[f"conv{i}"] = conv_unit(cin, num_classes, 1, bias=True, norm="pre", bn_kwargs=dict(BN, affine=False))
+        layers["avgpool"] = nn.AvgPool2d(POOL_SIZE, 1)
+        self.features = nn.Sequential(layers)
+
+    def logits(self, x):
+        return self.features(x).flatten(1)
+
+
+register("nin", partial(NIN, family=FAMILY), FAMILY)
