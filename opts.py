@@ -90,7 +90,7 @@ def get_parser():
                    help="report, per binarized conv, the RMS difference between real and binarized outputs on val")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, default=8, help="number of epochs")
+    g.add_argument("--epochs", type=positive_int, default=2, help="number of epochs")
     g.add_argument("--optimType", default="adam", choices=OPTIMIZERS, help="optimizer")
     g.add_argument("-criterion", "--criterion", dest="criterion", default="nllloss", choices=CRITERIA,
                    help="loss on the models' log-probabilities (both choices compute the same NLL)")

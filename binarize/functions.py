@@ -56,9 +56,10 @@ def _dab_solve(weight):
     total = prefix[:, -1]
     upper = prefix[:, :-1]                                # K = 1 .. n-1
     sizes = torch.arange(1, n, device=device, dtype=acc)
-    # D(K) = T^2/n + n (u_K - K T/n)^2 / (K (n - K)), with u_K the prefix sum and T the total, so
-    # argmax D = argmax (u_K - K T/n)^2 / (K (n - K)).
-    score = torch.addr(upper, total, sizes, alpha=-1.0 / n).square_().mul_(1.0 / (sizes * (n - sizes)))
+    # D(K) = T^2/n + n c_K^2 / (K (n - K)) with c_K = u_K - K T/n (u_K the prefix sum, T the total).
+    # c_K >= 0 (the K largest values sum to at least K times the mean), so argmax D is the argmax of
+    # c_K / sqrt(K (n - K)): two passes over the prefix sums.
+    score = torch.addr(upper, total, sizes, alpha=-1.0 / n).mul_((sizes * (n - sizes)).rsqrt_())
     best = score.max(dim=1, keepdim=True).indices        # first maximiser: ties resolve to the smallest K
     k = best.squeeze(1) + 1
     upper_sum = upper.gather(1, best).squeeze(1)

@@ -19,11 +19,11 @@ input may be real) and "fully binary" when its input is sign-binarized too (the 
 
 import copy
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 import binarize
+from models.blocks import dummy_forward
 
 __all__ = ["summarize", "format_summary", "SCALES_PER_FILTER"]
 
@@ -46,7 +46,7 @@ def _count_macs(model, inpsize, in_channels):
     plain = copy.deepcopy(model)
     for _, _, conv, _ in binarize.binarized_layers(plain):
         parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
-    macs, hooks = {}, []
+    macs, hooks = {}, {}
     for name, module in plain.named_modules():
         if isinstance(module, nn.Conv2d):
             def hook(m, args, out, name=name):
@@ -57,15 +57,8 @@ def _count_macs(model, inpsize, in_channels):
                 macs[name] = macs.get(name, 0) + out[0].numel() * m.in_features
         else:
             continue
-        hooks.append(module.register_forward_hook(hook))
-    param = next(plain.parameters())
-    plain.eval()
-    try:
-        with torch.no_grad():
-            plain(torch.zeros(1, in_channels, inpsize, inpsize, device=param.device, dtype=param.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
+        hooks[module] = hook
+    dummy_forward(plain, inpsize, in_channels, hooks)
     return macs
 
 
