@@ -137,19 +137,22 @@ def gradient_scale(method, weight, mask, alpha, beta, k, centred):
     * xnor (the original's updateBinaryGradWeight): ``c * (n * a * inside + 1)``.
     * bnn  (clipped straight-through estimator): ``inside``.
     """
-    inside = (weight.abs() < 1).to(weight.dtype)
+    inside = weight.abs().lt_(1)  # 1.0 where |W| < 1, else 0.0, in the weight's dtype
     if method == "bnn":
         return inside
     n = weight[0].numel()
     c_in = weight.shape[1] if weight.dim() > 1 else 1
     centring = (1.0 - 1.0 / c_in) if centred else 1.0
     if method == "xnor":
-        return centring * (n * _per_filter(alpha.abs(), weight) * inside + 1)
-    kf = _per_filter(k.to(weight.dtype), weight)
-    upper = 1.0 / kf + _per_filter(alpha.abs(), weight) * inside
-    # n - K == 0 only when n == 1 (K = 1); the lower group is then empty and its term is never used.
-    lower = 1.0 / (n - kf).clamp_min(1) + _per_filter(beta.abs(), weight) * inside
-    return centring * torch.where(mask, upper, lower)
+        return inside.mul_(_per_filter(n * centring * alpha.abs(), weight)).add_(centring)
+    # scale = lower + e * (upper - lower), each branch c * (1/|group| + |mean| * inside); in place,
+    # with the per-filter constants folded together (no broadcasting where/addcmul: slow on CPU).
+    kf = k.to(weight.dtype)
+    a_up, a_lo = centring / kf, centring / (n - kf).clamp_min(1)  # n - K == 0 only when n == 1
+    b_up, b_lo = centring * alpha.abs(), centring * beta.abs()
+    scale = inside * _per_filter(b_up - b_lo, weight)
+    scale.add_(_per_filter(a_up - a_lo, weight)).mul_(mask)
+    return scale.add_(inside.mul_(_per_filter(b_lo, weight))).add_(_per_filter(a_lo, weight))
 
 
 class WeightBinarizeFn(torch.autograd.Function):
@@ -176,7 +179,7 @@ class WeightBinarizeFn(torch.autograd.Function):
         weight, order, alpha, beta, k = ctx.saved_tensors
         mask = _upper_mask(order, k).reshape(weight.shape) if order is not None else None
         scale = gradient_scale(ctx.method, weight, mask, alpha, beta, k, ctx.centred)
-        return grad * scale, None, None
+        return scale.mul_(grad), None, None  # scale is a fresh tensor: reuse it for the result
 
 
 class SignSTEFn(torch.autograd.Function):
