@@ -89,6 +89,22 @@ def build_data(args):
     return bundle
 
 
+def check_before_data(args):
+    """The checks that need no data, done before reading it (--cachemode writes a cache while reading)."""
+    try:
+        models.check_input_size(args.model_def, args.inpsize)
+        if args.binaryWeight:
+            binarize.resolve_range(models.model_info(args.model_def).num_convs, args.binStart, args.binEnd)
+    except ValueError as exc:
+        raise UsageError(f"{args.model_def}: {exc}") from None
+    for path in (args.resume, args.pretrained_file):
+        if path and not os.path.isfile(path):
+            raise UsageError(f"checkpoint {path!r} does not exist; give the path of a last.pth or best.pth file")
+    if not args.evaluate:
+        writable_target(args.logdir, "--logdir")
+        writable_target(args.store, "--store")
+
+
 def build_network(args, num_classes, in_channels):
     """The model of ``args``: built, initialised, binarized; not yet moved or wrapped."""
     try:
@@ -177,6 +193,7 @@ def run(args):
     note = resolve_input_size(args)
     if note and dist.rank_from_env() == 0:
         print(note)
+    check_before_data(args)
     seed_everything(args.manualSeed)
     bundle = build_data(args)
     model, bin_indices = build_network(args, bundle.num_classes, bundle.num_channels)
@@ -198,9 +215,6 @@ def run(args):
         load_pretrained(model, args)
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
-    if not args.evaluate:
-        writable_target(args.logdir, "--logdir")
-        writable_target(args.store, "--store")
 
     rank, world, local_rank = dist.init(device.type)
     if device.type == "cuda" and world > 1:
