@@ -43,9 +43,12 @@ def make_tree(root, classes, per_class, size, seed=0):
 
 
 def rate(dataset, batch_size, workers, epochs):
-    """Images per second over `epochs` passes (worker start-up included once)."""
+    """Steady-state images per second over `epochs` passes, after one untimed warm-up pass (which
+    starts the persistent workers: with a few hundred images their start-up would dominate)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0)
+    for _ in loader:
+        pass
     start, seen = time.perf_counter(), 0
     for _ in range(epochs):
         for x, _ in loader:
