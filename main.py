@@ -164,6 +164,8 @@ def make_loaders(bundle, args, world, rank, device):
     train_loader = torch.utils.data.DataLoader(
         bundle.train, batch_size=args.batch_size, shuffle=train_sampler is None, sampler=train_sampler,
         num_workers=workers, pin_memory=pin, drop_last=False, generator=gen,
+        # Fresh workers each epoch take their seeds from the per-epoch generator, so a resumed run
+        # sees the same augmentation as an uninterrupted one; persistent workers would not.
         persistent_workers=False)
     val_sampler = dist.ShardSampler(len(bundle.val), rank, world) if world > 1 else None
     val_loader = torch.utils.data.DataLoader(
