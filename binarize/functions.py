@@ -1,4 +1,4 @@
-"""Weight and activation binarizers: the exact DAB solver, its baselines, and their autograd rules.
+"""The weight solvers as pure functions: the exact DAB code of every filter and its BWN/XNOR and BNN baselines.
 
 DAB (Prabhu et al., WACV 2018, Sec. 3 and Algorithm 1) replaces each conv filter W (n values) by the
 two-value code ``alpha * e + beta * (1 - e)``. For a fixed selection e with K ones the least-squares
@@ -16,13 +16,17 @@ The baselines use the same return convention ``(w_hat, alpha, beta, k)``:
     stays two-valued (XNOR-Net's torch.sign would give a third value, 0).
   * ``bnn``: ``sign(W)`` with the same zero convention.
 
-This module imports torch only (no torchvision), so the engine can be used on its own.
+Every solver runs with autocast off and in fp32 for half-precision weights (fp64 stays fp64), see
+:func:`exact`; the binarizer classes of weights.py wrap them with their gradient rules. This module
+imports torch only (no torchvision), so the engine can be used on its own.
 """
+
+import contextlib
+import functools
 
 import torch
 
-__all__ = ["dab", "xnor", "bnn", "SOLVERS", "dab_with_mask", "gradient_scale", "WeightBinarizeFn", "SignSTEFn",
-           "DABActiveFn"]
+__all__ = ["dab", "xnor", "bnn", "dab_with_mask", "exact", "no_autocast", "upper_mask"]
 
 
 def _accumulate_dtype(dtype):
@@ -30,6 +34,29 @@ def _accumulate_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def no_autocast(device):
+    """A context with autocast off on ``device`` (a no-op where autocast does not exist, e.g. "meta")."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def exact(solver):
+    """Run ``solver(weight)`` with autocast off and half-precision weights widened to fp32 (fp64 stays
+    fp64), whatever autocast says: choosing K in half precision picks another split in almost every
+    filter. Floating outputs come back in the weight's dtype."""
+    @functools.wraps(solver)
+    def run(weight):
+        with no_autocast(weight.device):
+            wide = weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
+            out = solver(wide)
+        if wide is weight:
+            return out
+        return tuple(t.to(weight.dtype) if t.is_floating_point() else t for t in out)
+    return run
+
+
+@exact
 def _dab_solve(weight):
     """The DAB solve: ``(w_hat, alpha, beta, k, order)``, ``order`` the descending sort permutation.
 
@@ -75,7 +102,7 @@ def _dab_solve(weight):
     return w_hat.reshape(weight.shape), alpha.to(weight.dtype), beta.to(weight.dtype), k, order
 
 
-def _upper_mask(order, k):
+def upper_mask(order, k):
     """The upper-group mask ``e`` (bool, [C_out, n]) in each filter's own order, from the sort permutation."""
     n = order.shape[1]
     in_upper = torch.arange(n, device=order.device) < k.unsqueeze(1)
@@ -94,7 +121,7 @@ def dab(weight):
 def dab_with_mask(weight):
     """:func:`dab` plus the upper-group mask ``e`` (bool, the shape of ``weight``)."""
     w_hat, alpha, beta, k, order = _dab_solve(weight)
-    return w_hat, alpha, beta, k, _upper_mask(order, k).reshape(weight.shape)
+    return w_hat, alpha, beta, k, upper_mask(order, k).reshape(weight.shape)
 
 
 def _sign_code(weight):
@@ -103,6 +130,7 @@ def _sign_code(weight):
     return 2 * upper.to(weight.dtype) - 1, upper.reshape(weight.shape[0], -1).sum(dim=1)
 
 
+@exact
 def xnor(weight):
     """BWN / XNOR-Net weights through the DAB interface: ``(a * sign(W), a, -a, k)``, ``a = mean|W|``."""
     rows = weight.reshape(weight.shape[0], -1)
@@ -111,6 +139,7 @@ def xnor(weight):
     return code * scale.reshape((-1,) + (1,) * (weight.dim() - 1)), scale, -scale, k
 
 
+@exact
 def bnn(weight):
     """BNN weights through the DAB interface: ``(sign(W), 1, -1, k)``."""
     code, k = _sign_code(weight)
@@ -118,107 +147,3 @@ def bnn(weight):
     return code, ones, -ones, k
 
 
-SOLVERS = {"dab": dab, "xnor": xnor, "bnn": bnn}
-
-
-def _per_filter(t, like):
-    return t.reshape((-1,) + (1,) * (like.dim() - 1))
-
-
-def gradient_scale(method, weight, mask, alpha, beta, k, centred):
-    """Element-wise factor applied to the gradient that reaches the latent weight.
-
-    With ``c = (1 - 1/C_in)`` (the derivative of the mean-centring; 1 where centring is skipped) and
-    ``inside = [|W_i| < 1]`` (the clamp's pass-through region):
-
-    * dab  (the original's updateDualGradWeight, dab.md):
-      ``c * ( e_i (1/K + |alpha| inside) + (1 - e_i) (1/(n-K) + |beta| inside) )``;
-      alpha >= 0 whenever the filter is mean-centred, so |alpha| is the formula's alpha there.
-    * xnor (the original's updateBinaryGradWeight): ``c * (n * a * inside + 1)``.
-    * bnn  (clipped straight-through estimator): ``inside``.
-    """
-    inside = weight.abs().lt_(1)  # 1.0 where |W| < 1, else 0.0, in the weight's dtype
-    if method == "bnn":
-        return inside
-    n = weight[0].numel()
-    c_in = weight.shape[1] if weight.dim() > 1 else 1
-    centring = (1.0 - 1.0 / c_in) if centred else 1.0
-    if method == "xnor":
-        return inside.mul_(_per_filter(n * centring * alpha.abs(), weight)).add_(centring)
-    # scale = lower + e * (upper - lower), each branch c * (1/|group| + |mean| * inside); in place,
-    # with the per-filter constants folded together (no broadcasting where/addcmul: slow on CPU).
-    kf = k.to(weight.dtype)
-    a_up, a_lo = centring / kf, centring / (n - kf).clamp_min(1)  # n - K == 0 only when n == 1
-    b_up, b_lo = centring * alpha.abs(), centring * beta.abs()
-    scale = inside * _per_filter(b_up - b_lo, weight)
-    scale.add_(_per_filter(a_up - a_lo, weight)).mul_(mask)
-    return scale.add_(inside.mul_(_per_filter(b_lo, weight))).add_(_per_filter(a_lo, weight))
-
-
-class WeightBinarizeFn(torch.autograd.Function):
-    """Forward: the binarized weight of ``method``. Backward: the gradient rule of ``method``.
-
-    The solve happens once, in the forward; its permutation, alpha, beta and K are saved for the
-    backward, so a training step sorts each layer's weight exactly once.
-    """
-
-    @staticmethod
-    def forward(ctx, weight, method, centred):
-        latent = weight.detach()
-        if method == "dab":
-            w_hat, alpha, beta, k, order = _dab_solve(latent)
-        else:
-            (w_hat, alpha, beta, k), order = SOLVERS[method](latent), None
-        ctx.method, ctx.centred = method, centred
-        ctx.save_for_backward(latent, order, alpha, beta, k)
-        ctx.mark_non_differentiable(alpha, beta, k)
-        return w_hat, alpha, beta, k
-
-    @staticmethod
-    def backward(ctx, grad, *unused):
-        weight, order, alpha, beta, k = ctx.saved_tensors
-        mask = _upper_mask(order, k).reshape(weight.shape) if order is not None else None
-        scale = gradient_scale(ctx.method, weight, mask, alpha, beta, k, ctx.centred)
-        return scale.mul_(grad), None, None  # scale is a fresh tensor: reuse it for the result
-
-
-class SignSTEFn(torch.autograd.Function):
-    """``sign(x)`` forward; backward passes the gradient where |x| <= 1 (hard-tanh STE)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.sign(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
-
-
-class DABActiveFn(torch.autograd.Function):
-    """Activation DAB (the original's DualActive), per sample with the threshold fixed at 0.
-
-    Forward: ``x_c = x - mean_channels(x)``; entries with ``x_c > 0`` take the mean of those entries
-    (alpha_n), the others the mean of the non-positive ones (beta_n <= 0). Backward: the
-    straight-through gradient, passed where |x| <= 1 (the original's backward mixed its two branch
-    terms; see README).
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        centred = x - x.mean(dim=1, keepdim=True)
-        flat = centred.reshape(centred.shape[0], -1)
-        upper = (flat > 0).to(x.dtype)
-        k = upper.sum(dim=1)
-        n = flat.shape[1]
-        alpha = (flat * upper).sum(dim=1) / k.clamp_min(1)
-        beta = (flat * (1 - upper)).sum(dim=1) / (n - k).clamp_min(1)
-        out = torch.addcmul(beta.unsqueeze(1), (alpha - beta).unsqueeze(1), upper)
-        return out.reshape(x.shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)

@@ -1,7 +1,8 @@
 """Pieces every model family shares.
 
-- ``conv_unit``: one conv with its BN and ReLU, in the full-precision order (conv -> BN(out)) or the
-  binarized-input order of the paper and of XNOR-Net (BN(in) -> sign -> conv);
+- ``conv_unit``: one conv with its BN and ReLU, in the full-precision order (conv -> BN(out)) or a
+  binarized-input order: the paper's and XNOR-Net's BN(in) -> sign -> conv, or SD-BNN's and Bi-Real's
+  sign -> conv -> BN(out);
 - ``Classifier``: the base class of every model (input-size check, log-probabilities, declared
   ``binary_inputs``);
 - ``ConvStack``: the plain chain of convs ending in a 1x1 conv classifier that Sketch-A-Net, AlexNet
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binarize import BinActive
+from binarize import make_activation
 
 
 @dataclass(frozen=True)
@@ -32,28 +33,33 @@ class Family:
     input_sizes: tuple  # (min, max) side length, inclusive
     in_channels: int  # default number of input channels
     bin_range: tuple  # recommended (binStart, binEnd), as in the original run scripts
+    bin_layers: tuple = None  # the convs binarized by default, where they are not one range (SD-BNN models)
 
 
 def conv_unit(cin, cout, kernel, stride=1, padding=0, *, groups=1, bias=False, binary_input=False,
-              norm="post", relu=True, dropout=0.0, bn_kwargs=None):
+              norm="post", binary_norm="pre", activation="sign", relu=True, dropout=0.0, bn_kwargs=None):
     """Conv with its BN and ReLU as an ``nn.Sequential`` whose conv is named ``conv``.
 
-    binary_input: BN(cin) -> sign -> [Dropout] -> conv -> [ReLU] (``norm`` is ignored: the BN always
-    precedes the sign, the paper's ordering). Otherwise ``norm`` picks "post" (conv -> BN(cout)),
-    "pre" (BN(cin) -> conv) or "none".
+    ``norm`` places the BN of a full-precision-input conv: "post" (conv -> BN(cout)), "pre"
+    (BN(cin) -> conv) or "none". A binarized input puts the activation binarizer ``activation`` (a name
+    of ``binarize.ACTIVATIONS``, "sign" by default) in front of the conv, and ``binary_norm`` places its
+    BN: "pre" (BN(cin) -> sign -> [Dropout] -> conv, the paper's and XNOR-Net's order), "post"
+    (sign -> conv -> BN(cout), SD-BNN's and Bi-Real's) or "none".
     """
-    if norm not in ("post", "pre", "none"):
-        raise ValueError(f"norm must be 'post', 'pre' or 'none', got {norm!r}")
+    for value in (norm, binary_norm):
+        if value not in ("post", "pre", "none"):
+            raise ValueError(f"norm must be 'post', 'pre' or 'none', got {value!r}")
     bn_kwargs = bn_kwargs or {}
+    place = binary_norm if binary_input else norm
     layers = []
-    if binary_input or norm == "pre":
+    if place == "pre":
         layers.append(("bn", nn.BatchNorm2d(cin, **bn_kwargs)))
     if binary_input:
-        layers.append(("sign", BinActive()))
+        layers.append(("sign", make_activation(activation, cin)))
     if dropout:
         layers.append(("drop", nn.Dropout(dropout)))
     layers.append(("conv", nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=bias)))
-    if norm == "post" and not binary_input:
+    if place == "post":
         layers.append(("bn", nn.BatchNorm2d(cout, **bn_kwargs)))
     if relu:
         layers.append(("relu", nn.ReLU(inplace=True)))
@@ -88,8 +94,11 @@ class Classifier(nn.Module):
     """Base of every model: checks the input size and returns log-probabilities of ``self.logits(x)``.
 
     ``binary_inputs`` holds the 1-based indices (``model.modules()`` order, as --binStart/--binEnd
-    count) of the convs whose input is sign-binarized.
+    count) of the convs whose input is binarized. ``activation_kwargs`` are the settings an activation
+    binarizer swapped in later takes from the model (e.g. ASD's reduction).
     """
+
+    activation_kwargs = {}
 
     def __init__(self, family, binary_inputs=()):
         super().__init__()

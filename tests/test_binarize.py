@@ -179,7 +179,7 @@ def test_binarized_conv_equals_plain_conv_with_binarized_weights(method):
         assert torch.allclose(out, F.conv2d(x, w_hat, conv.bias, padding=1), atol=1e-6)
 
 
-def test_projection_centres_over_input_channels_and_clamps():
+def test_projection_centres_over_input_channels_and_clamps_when_attached():
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 2, 1))
     with torch.no_grad():
@@ -187,7 +187,6 @@ def test_projection_centres_over_input_channels_and_clamps():
             m.weight.mul_(20)
     before = [m.weight.detach().clone() for m in model]
     binarize_weights(model, 1, 3)
-    model(torch.randn(1, 1, 8, 8))
     latents = [m.parametrizations.weight.original.detach() for m in model]
     # C_in == 1: no centring (it would zero the filter), only the clamp.
     assert torch.equal(latents[0], before[0].clamp(-1, 1))
@@ -204,19 +203,47 @@ def test_projection_centres_over_input_channels_and_clamps():
                           (before[1] - before[1].mean(dim=1, keepdim=True)).clamp(-1, 1), atol=1e-6)
 
 
-def test_projection_runs_only_after_the_latent_changed():
-    conv = nn.Conv2d(3, 4, 3)
-    binarize_weights(conv, 1, 1)
-    x = torch.randn(1, 3, 5, 5)
-    conv(x)
-    latent = conv.parametrizations.weight.original
-    version = latent._version
-    conv(x)
-    assert latent._version == version                   # unchanged weights: no second projection
-    with torch.no_grad():
-        latent.add_(0.5)                                # an optimizer step would do this
-    conv(x)
-    assert torch.allclose(latent.mean(dim=1), torch.zeros(4, 3, 3), atol=1e-6)
+def test_forward_never_changes_the_latent_and_every_optimizer_step_projects_it():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))
+    binarize_weights(model, 1, 2)
+    x = torch.randn(2, 3, 9, 9)
+    latent = model[1].parametrizations.weight.original
+    at_rest = latent.detach().clone()
+    model(x)
+    model.eval()(x)
+    assert torch.equal(latent, at_rest)              # forwards, in training or evaluation, leave it alone
+    opt = torch.optim.SGD(model.parameters(), lr=500.0)
+    model.train()(x).square().mean().backward()
+    raw = at_rest - 500.0 * latent.grad               # the plain SGD update: outside [-1, 1] and uncentred
+    assert raw.abs().max() > 1
+    opt.step()
+    assert torch.allclose(latent.detach(), (raw - raw.mean(dim=1, keepdim=True)).clamp(-1, 1), atol=1e-6)
+    # a deep copy registers its own latents on its first forward, and its steps project them too
+    copied = copy.deepcopy(model)
+    opt = torch.optim.SGD(copied.parameters(), lr=5.0)
+    copied(x).square().mean().backward()
+    opt.step()
+    assert copied[1].parametrizations.weight.original.abs().max() <= 1
+
+
+def test_loading_a_state_dict_gives_identical_latents_and_outputs():
+    torch.manual_seed(9)
+    model = make_net()
+    binarize_weights(model, 2, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.3)
+    x = torch.randn(2, 1, 9, 9)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    clone = make_net()
+    binarize_weights(clone, 2, 4)
+    clone.load_state_dict(model.state_dict())
+    for a, b in zip(model.state_dict().values(), clone.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(clone.eval()(x), model.eval()(x))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), clone.state_dict().values()))
 
 
 def make_net():

@@ -45,7 +45,7 @@ def build(config, seed=0):
     torch.manual_seed(seed)
     model = models.build_model(config["model_def"], config["num_classes"], config["in_channels"])
     if config["binActivation"] != "sign":
-        main.swap_activations(model, binarize.ACTIVATIONS[config["binActivation"]])
+        binarize.binarize_inputs(model, config["binActivation"])
     binarize.binarize_weights(model, config["binStart"], config["binEnd"], config["binarizer"])
     return model.eval()
 
@@ -321,7 +321,7 @@ def test_main_export_of_sketchanetwbin_is_over_20x_smaller(tmp_path, capsys):
     ratio = fp32_bytes / os.path.getsize(out)
     assert ratio >= 20
     rebuilt, meta = load_export(out)
-    assert meta["model_def"] == "sketchanetwbin" and meta["num_classes"] == 250 and meta["binStart"] == 2
+    assert meta["model_def"] == "sketchanetwbin" and meta["num_classes"] == 250 and meta["binLayers"] == [2, 3, 4, 5, 6, 7]
     with torch.no_grad():
         assert (rebuilt(x) - ref).abs().max().item() <= 1e-5
 

@@ -9,14 +9,18 @@ The file is a .safetensors file. Each binarized conv ``name`` is stored as its t
 
 * ``name.weight.bits``: uint8, the mask e of the whole layer (C_out x C_in/groups x kh x kw values,
   flattened in that order) packed 8 per byte, least significant bit first: ceil(n / 8) bytes;
-* ``name.weight.alpha`` and ``name.weight.beta``: the per-filter values (dtype of the weight). DAB keeps
-  both; XNOR keeps alpha only (beta = -alpha); BNN keeps neither (alpha = 1, beta = -1).
+* ``name.weight.alpha`` and/or ``name.weight.beta``: the per-filter values the layer's binarizer names
+  in its ``scales`` (dtype of the weight): DAB keeps both; XNOR alpha only (beta = -alpha); BNN and sign
+  neither (alpha = 1, beta = -1). The binarizer class (``binarize.WEIGHT_BINARIZERS``) encodes and decodes.
 
 Every other entry of ``model.state_dict()`` is stored unchanged (conv biases, BN parameters and running
-statistics, unbinarized convs, Linear layers). The header metadata holds the format tag, the project
-version, the config passed to :func:`export_model` (one key each, JSON-encoded), the binarized layers
-(``layers``: name -> index, method, shape, dtype) and a sha256 over the header and every tensor, so a
-truncated or tampered file is refused with :class:`ExportError`.
+statistics, unbinarized layers, the parameters of learnable activation binarizers); a binarizer's own
+parameters (e.g. a weight shift) are folded into the code and not stored. The header metadata holds the
+format tag, the project version, the config passed to :func:`export_model` (one key each, JSON-encoded),
+what the model is built from (``bin_inputs``: the convs with a binarized input; ``activations``: index ->
+[activation binarizer, its settings]), the binarized layers (``layers``: name -> index, method, shape,
+dtype) and a sha256 over the header and every tensor, so a truncated or tampered file is refused with
+:class:`ExportError`.
 
 Decoding is exact: the stored alpha and beta are the very values the binarized weight holds, so the
 decoded weight equals the exported model's binarized weight bit for bit.
@@ -44,8 +48,7 @@ __all__ = ["__version__", "ExportError", "DABInferenceConv2d", "export_model", "
            "read_export", "pack_bits", "unpack_bits"]
 
 FORMAT = "dabnet-packed-1bit/1"
-RESERVED = ("format", "dabnet_version", "layers", "sha256")
-SCALES = {"dab": ("alpha", "beta"), "xnor": ("alpha",), "bnn": ()}  # per-filter tensors stored per method
+RESERVED = ("format", "dabnet_version", "layers", "sha256", "bin_inputs", "activations")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -64,31 +67,18 @@ def unpack_bits(packed, count):
     return torch.from_numpy(bits.astype(bool))
 
 
-def _encode(w_hat, method, name):
-    """(mask e, {"alpha": ..., "beta": ...}) of a binarized weight; ExportError unless it decodes exactly."""
-    rows = w_hat.detach().reshape(w_hat.shape[0], -1)
-    if method == "dab":
-        alpha, beta = rows.amax(dim=1), rows.amin(dim=1)
-    elif method == "xnor":
-        alpha = rows.abs().amax(dim=1)
-        beta = -alpha
-    else:
-        alpha = torch.ones(rows.shape[0], dtype=rows.dtype, device=rows.device)
-        beta = -alpha
-    mask = rows == alpha.unsqueeze(1)
-    if not torch.equal(torch.where(mask, alpha.unsqueeze(1), beta.unsqueeze(1)), rows):
-        raise ExportError(f"conv {name!r} does not hold a two-value {method} code per filter (NaN or a foreign "
-                          f"parametrization?); it cannot be packed")
-    return mask.reshape(w_hat.shape), {"alpha": alpha, "beta": beta}
+def _method(layer):
+    return binarize.WEIGHT_BINARIZERS[layer["method"]]
+
+
+def _stored(tensors, name, layer):
+    """The per-filter tensors a packed layer stores, by scale name."""
+    return {scale: tensors[f"{name}.weight.{scale}"] for scale in _method(layer).scales}
 
 
 def _scales(tensors, name, layer):
     """Per-filter (alpha, beta) of a packed layer."""
-    method, dtype, c_out = layer["method"], DTYPES[layer["dtype"]], layer["shape"][0]
-    if method == "dab":
-        return tensors[f"{name}.weight.alpha"], tensors[f"{name}.weight.beta"]
-    alpha = tensors[f"{name}.weight.alpha"] if method == "xnor" else torch.ones(c_out, dtype=dtype)
-    return alpha, -alpha
+    return _method(layer).decode_values(_stored(tensors, name, layer), layer["shape"][0], DTYPES[layer["dtype"]])
 
 
 def _mask(tensors, name, layer):
@@ -98,9 +88,7 @@ def _mask(tensors, name, layer):
 
 def _decode(tensors, name, layer):
     """The dense weight of a packed layer: per filter, alpha where e is set and beta elsewhere."""
-    alpha, beta = _scales(tensors, name, layer)
-    rows = _mask(tensors, name, layer).reshape(len(alpha), -1)
-    return torch.where(rows, alpha.unsqueeze(1), beta.unsqueeze(1)).reshape(layer["shape"])
+    return _method(layer).decode(_mask(tensors, name, layer), _stored(tensors, name, layer), DTYPES[layer["dtype"]])
 
 
 def _digest(tensors, header):
@@ -123,33 +111,37 @@ def export_model(model, path, config):
     """Write ``model`` to ``path`` (.safetensors) with its binarized convs packed to 1 bit per weight.
 
     ``config`` (model_def, num_classes, in_channels, inpsize, bin range, binarizer, ...) goes into the
-    header; :func:`load_export` needs at least model_def, num_classes and in_channels. Latent weights
-    changed since their last projection are projected first, as the next forward would do, so the file
-    holds what the model computes. Returns ``{"bytes", "fp32_bytes", "ratio", "layers"}`` with ratio =
+    header; :func:`load_export` needs at least model_def, num_classes and in_channels. The file holds what
+    the model computes: each binarized layer's code as its forward makes it. Returns ``{"bytes", "fp32_bytes", "ratio", "layers"}`` with ratio =
     fp32_bytes / bytes and fp32_bytes the size of ``model.state_dict()`` in fp32.
     """
     clash = sorted(set(config) & set(RESERVED))
     if clash:
         raise ExportError(f"config keys {clash} are reserved in the export header")
-    binarize.project_pending_(model)  # the file holds what the next forward would compute
     state = model.state_dict()
-    tensors, layers = {}, {}
     binarized = binarize.binarized_layers(model)
-    latent_keys = {f"{name}.parametrizations.weight.original" for _, name, _, _ in binarized}
-    for key, value in state.items():
-        if key not in latent_keys:
-            tensors[key] = value.detach().cpu().contiguous()
-    for index, name, conv, binarizer in binarized:
-        w_hat = conv.weight
-        mask, scales = _encode(w_hat, binarizer.method, name)
+    # A binarized layer is stored as its code: its latent and its binarizer's own parameters are left out.
+    own = tuple(f"{name}.parametrizations.weight." for _, name, _, _ in binarized)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items() if not key.startswith(own)}
+    layers = {}
+    for index, name, module, binarizer in binarized:
+        w_hat = module.weight
+        try:
+            mask, stored = binarizer.encode(w_hat)
+        except ValueError as exc:
+            raise ExportError(f"layer {name!r}: {exc} (NaN or a foreign parametrization?); it cannot be packed") \
+                from None
         tensors[f"{name}.weight.bits"] = pack_bits(mask)
-        for scale in SCALES[binarizer.method]:
-            tensors[f"{name}.weight.{scale}"] = scales[scale].cpu().contiguous()
-        layers[name] = dict(index=index, method=binarizer.method, shape=list(w_hat.shape),
+        for scale, values in stored.items():
+            tensors[f"{name}.weight.{scale}"] = values.cpu().contiguous()
+        layers[name] = dict(index=index, method=binarizer.name, shape=list(w_hat.shape),
                             dtype=str(w_hat.dtype).removeprefix("torch."))
+    activations = {str(index): [b.name, b.settings()] for index, _, _, _, b in binarize.input_binarizers(model)}
 
     header = {key: json.dumps(value, default=str) for key, value in config.items()}
-    header.update(format=FORMAT, dabnet_version=__version__, layers=json.dumps(layers, sort_keys=True))
+    header.update(format=FORMAT, dabnet_version=__version__, layers=json.dumps(layers, sort_keys=True),
+                  bin_inputs=json.dumps(list(getattr(model, "binary_inputs", ()))),
+                  activations=json.dumps(activations, sort_keys=True))
     header["sha256"] = _digest(tensors, header)
 
     from safetensors.torch import save_file
@@ -190,6 +182,9 @@ def read_export(path):
     try:
         layers = json.loads(header["layers"])
         config = {k: json.loads(v) for k, v in header.items() if k not in RESERVED}
+        for key in ("bin_inputs", "activations"):  # absent in exports written before they were recorded
+            if key in header:
+                config[key] = json.loads(header[key])
     except (KeyError, ValueError) as exc:
         raise ExportError(f"export {path!r} has a corrupt header ({exc})") from None
     config["dabnet_version"] = header.get("dabnet_version")
@@ -204,16 +199,16 @@ def _check_layer(path, tensors, name, layer):
         shape, method, dtype = [int(d) for d in layer["shape"]], layer["method"], DTYPES[layer["dtype"]]
     except (KeyError, TypeError, ValueError):
         raise ExportError(f"export {path!r}: layer {name!r} has a corrupt description {layer!r}") from None
-    if method not in SCALES or len(shape) != 4:
-        raise ExportError(f"export {path!r}: layer {name!r} has method {method!r} and shape {shape}; "
-                          f"expected one of {sorted(SCALES)} and a 4-d conv weight")
+    if method not in binarize.WEIGHT_BINARIZERS or len(shape) not in (2, 4):
+        raise ExportError(f"export {path!r}: layer {name!r} has method {method!r} and shape {shape}; expected one "
+                          f"of {', '.join(binarize.weight_methods())} and a conv or Linear weight")
     bits = tensors.get(f"{name}.weight.bits")
     want = -(-math.prod(shape) // 8)
     if bits is None or bits.dtype != torch.uint8 or tuple(bits.shape) != (want,):
         got = None if bits is None else f"{bits.dtype} {tuple(bits.shape)}"
         raise ExportError(f"export {path!r}: layer {name!r} needs {want} packed bytes for shape {shape}, "
                           f"found {got}")
-    for scale in SCALES[method]:
+    for scale in binarize.WEIGHT_BINARIZERS[method].scales:
         t = tensors.get(f"{name}.weight.{scale}")
         if t is None or t.dtype != dtype or tuple(t.shape) != (shape[0],):
             got = None if t is None else f"{t.dtype} {tuple(t.shape)}"
@@ -223,7 +218,7 @@ def _check_layer(path, tensors, name, layer):
 
 def _plain_state(tensors, layers):
     """The export as a plain state_dict: packed layers decoded to ``name.weight``."""
-    packed = {f"{name}.weight.{part}" for name in layers for part in ("bits", "alpha", "beta")}
+    packed = {f"{name}.weight.{part}" for name, layer in layers.items() for part in ("bits",) + _method(layer).scales}
     state = {k: v for k, v in tensors.items() if k not in packed}
     for name, layer in layers.items():
         state[f"{name}.weight"] = _decode(tensors, name, layer)
@@ -233,14 +228,14 @@ def _plain_state(tensors, layers):
 def load_export_into(model, path, *, keep_latent=False):
     """Load the export at ``path`` into ``model``, built with the flags the export was made from.
 
-    Convs packed in the export get the decoded weight; everything else loads as from a state_dict.
-    A conv binarized in ``model`` (parametrized) cannot take the code as its latent and reproduce it
-    exactly: the forward would project (mean-centre, clamp) and re-solve it, and the re-solved group
-    means differ from the stored ones by float rounding. So by default its parametrization is removed
-    and the decoded weight becomes a fixed plain weight: the forward reproduces the exported model
-    exactly (for evaluation). ``keep_latent=True`` instead keeps the parametrization, sets the latent to
-    the decoded code and marks it projected, for fine-tuning from an export (the first forward then
-    matches only up to that rounding). Raises ExportError if the export does not fit ``model``.
+    Layers packed in the export get the decoded weight; everything else loads as from a state_dict.
+    A layer binarized in ``model`` (parametrized) cannot take the code as its latent and reproduce it
+    exactly: the forward re-solves it, and the re-solved group means differ from the stored ones by float
+    rounding. So by default its parametrization is removed and the decoded weight becomes a fixed plain
+    weight: the forward reproduces the exported model exactly (for evaluation). ``keep_latent=True``
+    instead keeps the parametrization and sets the latent to the decoded code, for fine-tuning from an
+    export (the first forward then matches only up to that rounding; the binarizer's own parameters, not
+    stored in an export, keep their values). Raises ExportError if the export does not fit ``model``.
     """
     tensors, _, layers = read_export(path)
     return _load_state(model, path, tensors, layers, keep_latent)
@@ -257,13 +252,19 @@ def _load_state(model, path, tensors, layers, keep_latent, assign=False):
             raise ExportError(f"export {path!r} does not fit this model: conv {name!r} uses {binarizer.method} here "
                               f"but {layers[name]['method']} in the export; pass --binarizer "
                               f"{layers[name]['method']}")
+    own = {key: value for key, value in model.state_dict().items()
+           if any(key.startswith(f"{name}.parametrizations.weight.") for name in in_model)}
     if keep_latent:
         for name in in_model:
             state[f"{name}.parametrizations.weight.original"] = state.pop(f"{name}.weight")
+        state.update({k: v for k, v in own.items() if not k.endswith(".original")})
     expected = {}
     for key, value in model.state_dict().items():
-        name = key.removesuffix(".parametrizations.weight.original")
-        expected[f"{name}.weight" if name != key and not keep_latent else key] = tuple(value.shape)
+        if key in own and not keep_latent:
+            if key.endswith(".parametrizations.weight.original"):
+                expected[key.removesuffix(".parametrizations.weight.original") + ".weight"] = tuple(value.shape)
+            continue
+        expected[key] = tuple(value.shape)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
@@ -276,8 +277,6 @@ def _load_state(model, path, tensors, layers, keep_latent, assign=False):
         for _, name, conv, _ in binarize.binarized_layers(model):
             parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
     model.load_state_dict(state, assign=assign)
-    if keep_latent:
-        binarize.mark_projected_(model)
     return model
 
 
@@ -310,20 +309,15 @@ def _rebuild(path, config, device):
     try:
         with torch.device(device):
             model = models.build_model(config["model_def"], config["num_classes"], config.get("in_channels"),
-                                       init=False)
-        activation = config.get("binActivation") or "sign"
-        if activation != "sign":
-            _swap_activations(model, binarize.ACTIVATIONS[activation])
-    except (KeyError, ValueError) as exc:
+                                       init=False, bin_inputs=config.get("bin_inputs"))
+            if "activations" in config:
+                for index, (name, settings) in config["activations"].items():
+                    binarize.set_input_binarizer(model, int(index), name, **settings)
+            elif (config.get("binActivation") or "sign") != "sign":  # exports from before "activations"
+                binarize.binarize_inputs(model, config["binActivation"])
+    except (KeyError, TypeError, ValueError) as exc:
         raise ExportError(f"export {path!r}: cannot rebuild the model from its header ({exc})") from None
     return model
-
-
-def _swap_activations(model, cls):
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, binarize.BinActive):
-                setattr(parent, name, cls())
 
 
 class DABInferenceConv2d(nn.Module):

@@ -5,8 +5,8 @@
 
 One row per nn.Conv2d (numbered as --binStart/--binEnd count them) and per nn.Linear, in
 ``model.modules()`` order, then one row for all BatchNorm affine parameters and one for any other
-parameter. A binarized conv stores its weights at 1 bit each plus its per-filter scales in fp32: DAB
-keeps alpha and beta per filter, XNOR one scale, BNN none. Everything else (conv biases, BN weight and
+parameter. A binarized layer stores its weights at 1 bit each plus the per-filter scales its binarizer
+keeps in fp32 (its ``scales``): DAB alpha and beta per filter, XNOR one scale, BNN and sign none. Everything else (conv biases, BN weight and
 bias, Linear layers, unbinarized convs) counts as 32-bit parameters. BN running statistics are buffers
 and are not counted, so the full-precision size is 4 bytes per parameter. Byte counts pack each layer's
 bits on their own (ceil(n / 8) bytes), as utils.export writes them.
@@ -25,14 +25,12 @@ from torch.nn.utils import parametrize
 import binarize
 from models.blocks import dummy_forward
 
-__all__ = ["summarize", "format_summary", "SCALES_PER_FILTER"]
-
-SCALES_PER_FILTER = {"dab": 2, "xnor": 1, "bnn": 0}  # fp32 values a binarized filter keeps besides its bits
+__all__ = ["summarize", "format_summary"]
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _weight_shape(module):
-    if isinstance(module, nn.Conv2d) and parametrize.is_parametrized(module, "weight"):
+    if parametrize.is_parametrized(module, "weight"):
         return tuple(module.parametrizations.weight.original.shape)  # reading .weight would run the solve
     return tuple(module.weight.shape)
 
@@ -70,8 +68,8 @@ def summarize(model, inpsize, in_channels):
     (1-bit parameters), fp32 (32-bit parameters), params (as in the fp32 model), bytes, fp32_bytes, macs,
     mac_kind ("fp", "w1": binary weights, "w1a1": binary weights and input). ``model`` is not changed.
     """
-    methods = {name: b.method for _, name, _, b in binarize.binarized_layers(model)}
-    binary_inputs = set(getattr(model, "binary_inputs", ()))
+    binarizers = {name: b for _, name, _, b in binarize.binarized_layers(model)}
+    binary_inputs = {index for index, *_ in binarize.input_binarizers(model)}
     macs = _count_macs(model, inpsize, in_channels)
 
     rows, counted = [], set()
@@ -86,18 +84,20 @@ def summarize(model, inpsize, in_channels):
         for d in shape:
             n_weights *= d
         n_bias = module.bias.numel() if module.bias is not None else 0
-        method = methods.get(name, "fp")
+        binarizer = binarizers.get(name)
         binary_input = is_conv and conv_index in binary_inputs
-        if method == "fp":
-            bits, fp32 = 0, n_weights + n_bias
-            mac_kind = "fp"
+        if binarizer is None:
+            bits, scales, mac_kind = 0, 0, "fp"
+            fp32 = n_weights + n_bias
         else:
-            bits, fp32 = n_weights, SCALES_PER_FILTER[method] * shape[0] + n_bias
+            bits, scales = n_weights, len(binarizer.scales) * shape[0]
+            fp32 = scales + n_bias
             mac_kind = "w1a1" if binary_input else "w1"
         rows.append(dict(index=conv_index if is_conv else None, name=name, kind="conv" if is_conv else "linear",
-                         shape=shape, weights=method, binary_input=binary_input, bits=bits, fp32=fp32,
-                         params=n_weights + n_bias, macs=macs.get(name, 0), mac_kind=mac_kind))
-        counted.update(id(p) for p in module.parameters())  # a binarized conv's latent sits in a child
+                         shape=shape, weights=binarizer.name if binarizer else "fp", binary_input=binary_input,
+                         bits=bits, fp32=fp32, scales=scales, params=n_weights + n_bias, macs=macs.get(name, 0),
+                         mac_kind=mac_kind))
+        counted.update(id(p) for p in module.parameters())  # a binarized layer's latent (and shift) sit in a child
 
     groups = {"bn": [0, 0], "other": [0, 0]}  # kind -> [parameters, layers]
     for module in model.modules():
@@ -112,7 +112,8 @@ def summarize(model, inpsize, in_channels):
         if layers:
             label = "BatchNorm weight and bias" if kind == "bn" else "other parameters"
             rows.append(dict(index=None, name=f"{label} ({layers} layers)", kind=kind, shape=None, weights="fp",
-                             binary_input=False, bits=0, fp32=params, params=params, macs=0, mac_kind="fp"))
+                             binary_input=False, bits=0, fp32=params, scales=0, params=params, macs=0,
+                             mac_kind="fp"))
 
     for row in rows:
         row["bytes"] = -(-row["bits"] // 8) + 4 * row["fp32"]
@@ -124,7 +125,7 @@ def _totals(rows):
     params = sum(r["params"] for r in rows)
     bits = sum(r["bits"] for r in rows)
     fp32 = sum(r["fp32"] for r in rows)
-    scales = sum(SCALES_PER_FILTER[r["weights"]] * r["shape"][0] for r in rows if r["weights"] != "fp")
+    scales = sum(r["scales"] for r in rows)
     size = sum(r["bytes"] for r in rows)
     macs = sum(r["macs"] for r in rows)
     w1 = sum(r["macs"] for r in rows if r["mac_kind"] in ("w1", "w1a1"))
