@@ -16,19 +16,27 @@ from functools import lru_cache
 
 import torch
 
+import binarize
+
 from .blocks import conv_table, init_weights
 
-__all__ = ["ModelInfo", "build_model", "check_input_size", "conv_table", "list_models", "model_info",
-           "register"]
+__all__ = ["ModelInfo", "build_model", "check_bin_inputs", "check_input_size", "conv_table", "list_models",
+           "model_info", "register"]
 
-MODELS = {}  # name -> (builder(num_classes, in_channels) -> nn.Module, Family)
+MODELS = {}  # name -> (builder(num_classes, in_channels, [binary_inputs]) -> nn.Module, Family, binarized)
 
 
-def register(name, builder, family):
-    """Add ``name`` to the registry; ``builder(num_classes=, in_channels=)`` returns the model."""
+def _binarized_by_name(name):
+    """The original's naming: *wbin*, *fbin*, *hybrid* and bincifar* models train with binary weights."""
+    return any(tag in name for tag in ("wbin", "fbin", "hybrid")) or name.startswith("bincifar")
+
+
+def register(name, builder, family, *, binarized=None):
+    """Add ``name`` to the registry; ``builder(num_classes=, in_channels=[, binary_inputs=])`` returns the
+    model. ``binarized``: whether its weights are binarized by default (None: the original's naming)."""
     if name in MODELS:
         raise ValueError(f"model {name!r} registered twice")
-    MODELS[name] = (builder, family)
+    MODELS[name] = (builder, family, _binarized_by_name(name) if binarized is None else bool(binarized))
 
 
 def list_models():
@@ -42,16 +50,23 @@ def _entry(name):
     return MODELS[name]
 
 
-def build_model(name, num_classes, in_channels=None, init=True):
+def build_model(name, num_classes, in_channels=None, init=True, *, bin_inputs=None):
     """Build ``name`` for ``num_classes`` classes and ``in_channels`` input channels (None: family default).
 
-    init=True applies the original's init (``blocks.init_weights``), which the original applied by default.
+    init=True applies the original's init (``blocks.init_weights``), which the original applied by default,
+    or the model's own ``init_parameters()`` where its family defines one.
+    ``bin_inputs`` (conv indices, 1-based) replaces the variant's own choice of the convs whose input is
+    binarized (``()``: every input real); ValueError for a conv that does not exist or cannot take one.
     """
-    builder, family = _entry(name)
+    builder, family, _ = _entry(name)
     in_channels = family.in_channels if in_channels is None else in_channels
     if int(num_classes) < 1 or int(in_channels) < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
-    model = builder(num_classes=int(num_classes), in_channels=int(in_channels))
+    options = {} if bin_inputs is None else {"binary_inputs": tuple(check_bin_inputs(name, bin_inputs))}
+    model = builder(num_classes=int(num_classes), in_channels=int(in_channels), **options)
+    if init and hasattr(model, "init_parameters"):  # a family with an init of its own (SD-BNN's models)
+        model.init_parameters()
+        return model
     return init_weights(model) if init else model
 
 
@@ -66,30 +81,63 @@ class ModelInfo:
     max_inpsize: int
     default_in_channels: int
     bin_range: tuple
+    bin_layers: tuple  # the convs whose weights are binarized by default
+    binarized: bool    # whether the weights are binarized by default (--binaryWeight)
     num_convs: int
     binary_inputs: tuple
+    activation: str    # the activation binarizer of its binarized inputs ("sign" where it has none)
+
+
+def _meta_build(name, **options):
+    builder, family, _ = _entry(name)
+    with torch.device("meta"):
+        return builder(num_classes=2, in_channels=family.in_channels, **options)
 
 
 @lru_cache(maxsize=None)
 def model_info(name):
     """The ModelInfo of ``name`` (the conv count comes from a build on the "meta" device: no memory)."""
-    builder, family = _entry(name)
-    with torch.device("meta"):
-        model = builder(num_classes=2, in_channels=family.in_channels)
+    _, family, binarized = _entry(name)
+    model = _meta_build(name)
     num_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    start, end = family.bin_range
+    bin_layers = tuple(family.bin_layers) if family.bin_layers else tuple(range(start, min(end, num_convs) + 1))
     return ModelInfo(name=name, family=family.name, default_inpsize=family.default_inpsize,
                      min_inpsize=family.input_sizes[0], max_inpsize=family.input_sizes[1],
                      default_in_channels=family.in_channels, bin_range=tuple(family.bin_range),
-                     num_convs=num_convs, binary_inputs=tuple(model.binary_inputs))
+                     bin_layers=bin_layers, binarized=binarized, num_convs=num_convs,
+                     binary_inputs=tuple(model.binary_inputs), activation=_activation_name(model))
+
+
+def _activation_name(model):
+    slots = binarize.input_binarizers(model)
+    return slots[0][4].name if slots else "sign"
+
+
+@lru_cache(maxsize=None)
+def _binarizable_inputs(name):
+    """The convs of ``name`` whose input can be binarized (built once on the meta device)."""
+    model = _meta_build(name, binary_inputs=tuple(range(1, model_info(name).num_convs + 1)))
+    return tuple(index for index, *_ in binarize.input_binarizers(model))
+
+
+def check_bin_inputs(name, indices):
+    """The sorted conv indices of ``indices`` if ``name`` can binarize all their inputs; ValueError otherwise."""
+    indices = binarize.resolve_layers(model_info(name).num_convs, indices, "binarized inputs of convs")
+    refused = sorted(set(indices) - set(_binarizable_inputs(name)))
+    if refused:
+        raise ValueError(f"{name} cannot binarize the input of convs {refused} (first convs and classifiers keep "
+                         f"real inputs); choose from {binarize.format_indices(_binarizable_inputs(name))}")
+    return indices
 
 
 def check_input_size(name, size):
     """Raise ValueError unless ``name`` accepts ``size`` x ``size`` inputs."""
-    _, family = _entry(name)
+    _, family, _ = _entry(name)
     lo, hi = family.input_sizes
     if not lo <= size <= hi:
         raise ValueError(f"{name} accepts input sizes {lo}..{hi}, got {size}")
 
 
-from . import (alexnet, bincifar, densenet, googlenet, mobilenet, nin, resnet, sketchanet,  # noqa: E402,F401
-               squeezenet, vgg)
+from . import (alexnet, bincifar, densenet, googlenet, mobilenet, nin, resnet, sdbnn,  # noqa: E402,F401
+               sketchanet, squeezenet, vgg)

@@ -1,8 +1,8 @@
-"""``python -m models NAME [--inpsize N] [--nClasses C] [--channels K]``: the conv table of a model.
+"""``python -m models NAME [--inpsize N] [--nClasses C] [--channels K] [--binInputs LIST]``: the conv table.
 
 Prints one row per nn.Conv2d in the order --binStart/--binEnd count them: index, module name, shape,
-whether its input is sign-binarized, and the spatial size in and out, plus the family's accepted input
-sizes and recommended bin range. The model is built on the "meta" device, so even AlexNet costs
+whether its input is binarized (as the variant has it, or as ``--binInputs`` sets it), and the spatial
+size in and out, plus the family's accepted input sizes and the convs binarized by default (``*``). The model is built on the "meta" device, so even AlexNet costs
 nothing. A bad name or size prints one line to stderr and exits with status 2.
 """
 
@@ -10,6 +10,8 @@ import argparse
 import sys
 
 import torch
+
+import binarize
 
 from . import build_model, check_input_size, conv_table, list_models, model_info
 
@@ -20,6 +22,8 @@ def get_parser():
     parser.add_argument("--inpsize", type=int, default=None, help="input side length (default: the family's)")
     parser.add_argument("--nClasses", type=int, default=250, help="number of classes (default: 250)")
     parser.add_argument("--channels", type=int, default=None, help="input channels (default: the family's)")
+    parser.add_argument("--binInputs", default=None, metavar="LIST",
+                        help="convs whose input is binarized, e.g. 2-5,7 or none (default: the variant's)")
     return parser
 
 
@@ -29,14 +33,14 @@ def _hw(hw):
 
 def format_table(info, rows, inpsize, channels):
     """The printed report: a header line, the column titles and one line per conv."""
-    start, end = info.bin_range
+    chosen = set(info.bin_layers)
     lines = [f"{info.name} (family {info.family}): {info.num_convs} convs, input {channels}x{inpsize}x{inpsize} "
-             f"(accepts {info.min_inpsize}..{info.max_inpsize}); recommended --binStart {start} --binEnd {end}"
-             " (* = in that range)",
+             f"(accepts {info.min_inpsize}..{info.max_inpsize}); binarized by default: convs "
+             f"{binarize.format_indices(info.bin_layers)} (*)",
              f"{'#':>3}  {'module':<28} {'in->out':>11} {'k/s/p':>8} {'groups':>6} {'bias':>4} "
              f"{'binary input':>12} {'in hw':>9} {'out hw':>9}"]
     for r in rows:
-        mark = "*" if start <= r["index"] <= end else " "
+        mark = "*" if r["index"] in chosen else " "
         shape = f"{r['in_channels']}->{r['out_channels']}"
         ksp = f"{r['kernel'][0]}/{r['stride'][0]}/{r['padding'][0]}"
         lines.append(f"{r['index']:>3}{mark} {r['name']:<28} {shape:>11} {ksp:>8} {r['groups']:>6} "
@@ -52,8 +56,9 @@ def main(argv=None):
         inpsize = info.default_inpsize if args.inpsize is None else args.inpsize
         channels = info.default_in_channels if args.channels is None else args.channels
         check_input_size(args.name, inpsize)
+        bin_inputs = None if args.binInputs is None else binarize.parse_indices(args.binInputs)
         with torch.device("meta"):
-            model = build_model(args.name, args.nClasses, in_channels=channels, init=False)
+            model = build_model(args.name, args.nClasses, in_channels=channels, init=False, bin_inputs=bin_inputs)
         rows = conv_table(model, inpsize, channels)
     except ValueError as err:
         print(f"python -m models: error: {err}", file=sys.stderr)

@@ -26,13 +26,14 @@ FAMILY = Family("mobilenet", default_inpsize=224, input_sizes=size_range(OPS), i
 
 
 class MobileNet(Classifier):
-    def __init__(self, num_classes, in_channels, *, family):
-        super().__init__(family)
+    def __init__(self, num_classes, in_channels, *, family, binary_inputs=()):
+        super().__init__(family, binary_inputs)
         layers = OrderedDict(conv1=conv_unit(in_channels, 32, 3, 2, 1))
         cin = 32
         for j, (cout, stride) in enumerate(BLOCKS, start=1):
-            layers[f"dw{j}"] = conv_unit(cin, cin, 3, stride, 1, groups=cin)
-            layers[f"pw{j}"] = conv_unit(cin, cout, 1)
+            # convs 2j and 2j + 1; a binarized input is BN(in) -> sign -> conv (--binInputs)
+            layers[f"dw{j}"] = conv_unit(cin, cin, 3, stride, 1, groups=cin, binary_input=2 * j in self.binary_inputs)
+            layers[f"pw{j}"] = conv_unit(cin, cout, 1, binary_input=2 * j + 1 in self.binary_inputs)
             cin = cout
         layers["avgpool"] = nn.AvgPool2d(POOL_SIZE)
         self.features = nn.Sequential(layers)

@@ -31,8 +31,8 @@ FAMILY = Family("nin", default_inpsize=32, input_sizes=size_range(OPS), in_chann
 
 
 class NIN(Classifier):
-    def __init__(self, num_classes, in_channels, *, family):
-        super().__init__(family, binary_inputs=range(2, 9))
+    def __init__(self, num_classes, in_channels, *, family, binary_inputs=range(2, 9)):
+        super().__init__(family, binary_inputs)
         layers = OrderedDict(conv1=conv_unit(in_channels, 192, 5, 1, 2, bias=True,
                                              bn_kwargs=dict(BN, affine=False)))
         cin, i = 192, 2
@@ -41,8 +41,9 @@ class NIN(Classifier):
                 layers[f"{row[0]}{i - 1}"] = POOLS[row[0]](*row[1:])
                 continue
             cout, kernel, padding, dropout = row
-            layers[f"conv{i}"] = conv_unit(cin, cout, kernel, 1, padding, bias=True, binary_input=True,
-                                           dropout=dropout, bn_kwargs=BN)
+            # A conv without a binarized input (--binInputs) keeps the BN in front: BN -> conv -> ReLU.
+            layers[f"conv{i}"] = conv_unit(cin, cout, kernel, 1, padding, bias=True, norm="pre",
+                                           binary_input=i in self.binary_inputs, dropout=dropout, bn_kwargs=BN)
             cin, i = cout, i + 1
         layers[f"conv{i}"] = conv_unit(cin, num_classes, 1, bias=True, norm="pre", bn_kwargs=dict(BN, affine=False))
         layers["avgpool"] = nn.AvgPool2d(POOL_SIZE, 1)

@@ -25,8 +25,8 @@ FAMILY = Family("vgg", default_inpsize=32, input_sizes=size_range(OPS), in_chann
 
 
 class VGG(Classifier):
-    def __init__(self, num_classes, in_channels, *, family):
-        super().__init__(family)
+    def __init__(self, num_classes, in_channels, *, family, binary_inputs=()):
+        super().__init__(family, binary_inputs)
         layers = OrderedDict()
         cin, i = in_channels, 0
         for v in CFG:
@@ -36,7 +36,7 @@ class VGG(Classifier):
                 layers[f"drop{i}"] = nn.Dropout2d(0.3)
             else:
                 i += 1
-                layers[f"conv{i}"] = conv_unit(cin, v, 3, 1, 1, bias=True)
+                layers[f"conv{i}"] = conv_unit(cin, v, 3, 1, 1, bias=True, binary_input=i in self.binary_inputs)
                 cin = v
         self.features = nn.Sequential(layers)
         self.classifier = nn.Sequential(nn.Dropout(0.4), nn.Linear(cin, num_classes))
