@@ -1,20 +1,29 @@
-"""Command-line options: every flag of the original code, same spellings and meanings, plus ours.
+"""Command-line options: every flag of the original code in every spelling and value form it accepted,
+plus ours.
 
-``get_parser()`` returns the parser (tests and scripts reuse it); ``parse(argv)`` also resolves the
-defaults that depend on other flags (model input size, bin range, binarizer, names and folders).
-Bad values end the program with one line on stderr and exit status 2.
+``get_parser()`` returns the parser (tests and scripts reuse it); ``parse(argv)`` also checks every value
+and resolves the defaults that depend on other flags (model input size, binarized layers, binarizer
+parts, names and folders). Bad values end the program with one line on stderr and exit status 2.
 """
 
 import argparse
+import math
+import os
 import sys
 
+import binarize
 import datasets
 import models
-from binarize import ACTIVATIONS, METHODS
 from utils.schedule import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "adamax", "adadelta")
-CRITERIA = ("nllloss", "crossentropy")
+# -criterion: the original's choices (only NLL was implemented there) and ours. The models return
+# log-probabilities, so nllloss and crossentropy are the same loss; crossentropy also takes
+# --labelSmoothing. The others cannot train a classifier from these outputs and are refused.
+CRITERIA = {"nllloss": "nll", "crossentropy": "crossentropy"}
+REFUSED_CRITERIA = ("tripletmargin", "mse", "hingeembedding", "kldiv")
+# --binarizer sdbnn: SD-BNN's binary conv (Xue et al., 2022) as a preset of the separate parts.
+PRESETS = {"sdbnn": dict(binarizer="sign", weightShift="wsd", binActivation="asd", backward="ede")}
 
 
 class UsageError(ValueError):
@@ -41,6 +50,29 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+class BoolFlag(argparse.Action):
+    """``--flag``, ``--flag VALUE`` (true/false, as the original's value-taking flags) and ``--no-flag``."""
+
+    def __init__(self, option_strings, dest, default=None, help=None, **kwargs):
+        names = list(option_strings) + [f"--no-{s[2:]}" for s in option_strings if s.startswith("--")]
+        super().__init__(names, dest, nargs="?", default=default, help=help, metavar="BOOL")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+        else:
+            setattr(namespace, self.dest, True if values is None else _typed(parser, str2bool, values, option_string))
+
+
+def _typed(parser, convert, value, flag):
+    try:
+        return convert(value)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(f"argument {flag}: {exc}")
+
+
 def positive_int(value):
     number = int(value)
     if number <= 0:
@@ -48,9 +80,36 @@ def positive_int(value):
     return number
 
 
+def finite_float(value):
+    number = float(value)
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return number
+
+
+def index_list(value):
+    """``2-5,7`` -> [2, 3, 4, 5, 7]; ``none`` -> []."""
+    try:
+        return binarize.parse_indices(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected conv indices and ranges such as 2-5,7 (or none), "
+                                         f"got {value!r}") from None
+
+
+def criterion_name(value):
+    lowered = value.strip().lower()
+    if lowered in REFUSED_CRITERIA:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not supported (the original accepted it but only ever trained with nllLoss); "
+            f"use nllLoss or crossentropy")
+    if lowered not in CRITERIA:
+        raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from nllLoss, crossentropy)")
+    return lowered
+
+
 def get_parser():
-    p = Parser(prog="main.py", description="Train and evaluate DAB-binarized networks (Prabhu et al., WACV 2018).",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="main.py", description="Train and evaluate binarized networks: DAB (Prabhu et al., WACV 2018), "
+               "its baselines and SD-BNN.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", choices=datasets.DATASETS,
                    help="dataset; 'digits' is the embedded default (scikit-learn's handwritten digits, no download)")
@@ -62,7 +121,7 @@ def get_parser():
     g.add_argument("--testbatchsize", type=positive_int, default=64, help="validation batch size (per process)")
     g.add_argument("--tenCrop", action="store_true", help="validate on ten crops per image, averaging log-probabilities")
     g.add_argument("--inpsize", type=positive_int, default=None, help="input size; default: the model's own")
-    g.add_argument("--cachemode", action="store_true",
+    g.add_argument("--cachemode", action=BoolFlag, default=False,
                    help="decode and resize every image once into a uint8 cache on disk and train from it")
     g.add_argument("--cacheDir", default=None, help="where --cachemode keeps its cache (default: beside the data)")
     g.add_argument("--fold", type=int, default=1, choices=(1, 2, 3),
@@ -72,57 +131,87 @@ def get_parser():
     g.add_argument("--sketchyVariant", default="tx_000000000000", help="Sketchy rendering variant folder")
     g.add_argument("--sketchyDropInvalid", action="store_true",
                    help="drop the Sketchy sketches listed in info/invalid-*.txt")
+    g.add_argument("--dataNorm", default="dataset", choices=("dataset", "imagenet"),
+                   help="CIFAR normalisation: the dataset's mean/std, or ImageNet's (SD-BNN's recipe)")
 
     g = p.add_argument_group("model and binarization")
     g.add_argument("--model_def", default="sketchanetwbin", choices=models.list_models(), help="architecture")
     g.add_argument("--weight_init", action="store_false",
                    help="pass to DISABLE the original's Kaiming (fan_out) initialisation (store_false, as originally)")
     g.add_argument("--binaryWeight", action=argparse.BooleanOptionalAction, default=None,
-                   help="binarize conv weights binStart..binEnd; default: on for the *wbin*/*fbin*/*hybrid*/bincifar "
-                        "models, off for the full-precision ones")
+                   help="binarize the weights of the chosen convs; default: on for the binarized models (*wbin*, "
+                        "*fbin*, *hybrid*, bincifar*, *_1w1a, birealnet18), off for the full-precision ones")
     g.add_argument("--binStart", type=int, default=None, help="first binarized conv (1-based); default: the family's")
     g.add_argument("--binEnd", type=int, default=None, help="last binarized conv, clipped; default: the family's")
-    g.add_argument("--binarizer", default="dab", choices=METHODS, help="weight binarizer")
+    g.add_argument("--binLayers", type=index_list, default=None, metavar="LIST",
+                   help="binarized convs as indices and ranges (2-5,7), instead of --binStart/--binEnd")
+    g.add_argument("--binInputs", type=index_list, default=None, metavar="LIST",
+                   help="convs whose input is binarized (2-5,7; none), replacing the model variant's own")
+    g.add_argument("--binarizer", default="dab", choices=binarize.weight_methods() + sorted(PRESETS),
+                   help="weight binarizer; sdbnn = SD-BNN's conv: sign weights + wsd, asd activations, ede backward")
     g.add_argument("--bnnModel", action="store_true", help="BNN weights (sign(W)); same as --binarizer bnn")
-    g.add_argument("--binActivation", default="sign", choices=tuple(ACTIVATIONS),
-                   help="activation binarizer of the *fbin*/*hybrid* models (sign = the original's Active)")
+    g.add_argument("--weightShift", default=None, choices=("none",) + tuple(binarize.WEIGHT_SHIFTS),
+                   help="learnable per-filter weight shift before the weight binarizer (SD-BNN's WSD)")
+    g.add_argument("--binActivation", default=None, choices=binarize.activation_methods(),
+                   help="activation binarizer of the convs with binarized inputs (default: the model's own, "
+                        "sign = the original's Active)")
+    g.add_argument("--backward", default=None, choices=("ste", "ede"),
+                   help="backward rule of weight and activation binarizers: clipped straight-through, or IR-Net's EDE")
+    g.add_argument("--edeTmin", type=finite_float, default=1e-3, help="EDE: t at the first epoch")
+    g.add_argument("--edeTmax", type=finite_float, default=10.0, help="EDE: t approached at the last epoch")
     g.add_argument("--calculateBinarizationLosses", action="store_true",
+                   help="report, per binarized input, the original's input binarization errors on val")
+    g.add_argument("--calculateWeightBinarizationLosses", action="store_true",
                    help="report, per binarized conv, the RMS difference between real and binarized outputs on val")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=2, help="number of epochs")
     g.add_argument("--optimType", default="adam", choices=OPTIMIZERS, help="optimizer")
-    g.add_argument("-criterion", "--criterion", dest="criterion", default="nllloss", choices=CRITERIA,
-                   help="loss on the models' log-probabilities (both choices compute the same NLL)")
+    g.add_argument("-criterion", "--criterion", dest="criterion", default="nllloss", type=criterion_name,
+                   help="loss on the models' log-probabilities: nllLoss (the original's) or crossentropy")
+    g.add_argument("--labelSmoothing", type=finite_float, default=0.0, help="label smoothing of the loss")
     g.add_argument("--learningratescheduler", default="decayschedular", choices=SCHEDULES,
-                   help="decayschedular: lr = max(minlr, maxlr / decaylevel^(epoch // decayinterval))")
+                   help="decayschedular: max(minlr, maxlr / decaylevel^(epoch // decayinterval)); cosine and "
+                        "linear: from maxlr to 0 over --epochs; constant: maxlr")
     g.add_argument("--maxlr", type=float, default=None, help="initial learning rate (default: --lr, else 1e-3)")
     g.add_argument("--lr", type=float, default=None, help="alias of --maxlr, as the original's SGD read it")
-    g.add_argument("--minlr", type=float, default=5e-5, help="learning-rate floor")
+    g.add_argument("--minlr", type=float, default=5e-5, help="learning-rate floor of decayschedular")
     g.add_argument("--decayinterval", type=positive_int, default=50, help="epochs between decays")
     g.add_argument("--decaylevel", type=float, default=2.0, help="divisor per decay")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD only)")
     g.add_argument("--weightDecay", type=float, default=0.0, help="weight decay")
 
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", default=None, metavar="PATH",
+                   help="teacher: a checkpoint of ours, or with --teacherModel a torchvision state_dict file")
+    g.add_argument("--teacherModel", default=None, metavar="NAME",
+                   help="torchvision architecture of the --teacher weights (e.g. resnet34); nothing is downloaded")
+    g.add_argument("--kdT", type=finite_float, default=1.0, help="distillation temperature T")
+    g.add_argument("--kdAlpha", type=finite_float, default=1.0,
+                   help="weight of the distillation term: alpha * T^2 KL + (1 - alpha) * cross-entropy")
+
     g = p.add_argument_group("run, logs and checkpoints")
-    g.add_argument("--name", default=None, help="run name (default: <dataset>_<model_def>)")
+    g.add_argument("--name", default=None, help="run name (default: <dataset>_<model_def>; a resume: the checkpoint's)")
     g.add_argument("--manualSeed", type=int, default=123, help="random seed")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
     g.add_argument("--cuda", type=str2bool, nargs="?", const=True, default=None,
                    help="original flag: --cuda[=true] means --device cuda, --cuda=false means --device cpu")
     g.add_argument("--ngpus", type=positive_int, default=1,
                    help="replaced by torchrun: launch 'torchrun --nproc_per_node=N main.py ...' for N GPUs")
-    g.add_argument("--logdir", default="runs", help="logs go to <logdir>/<name>/")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-                   help="write TensorBoard event files")
-    g.add_argument("--verbose", action="store_true", help="print a line every --printfreq batches")
-    g.add_argument("--printfreq", type=positive_int, default=50, help="batches between --verbose lines")
+    g.add_argument("--logdir", default=None, help="logs go to <logdir>/<name>/ (default: runs)")
+    g.add_argument("--tensorboard", action=BoolFlag, default=True, help="write TensorBoard event files")
+    g.add_argument("--verbose", action="store_true", help="also print progress lines on a terminal")
+    g.add_argument("--printfreq", type=positive_int, default=50, help="steps between progress lines")
     g.add_argument("--store", default=None, help="checkpoint folder (default: savedmodels/<name>/)")
-    g.add_argument("--resume", default=None, help="continue from this checkpoint (model, optimizer, epoch, RNG)")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue from this checkpoint; auto: from <store>/last.pth if it exists, else start fresh")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in the run folders")
+    g.add_argument("--saveEvery", type=int, default=0, metavar="N",
+                   help="also write last.pth every N training steps (mid-epoch; 0: only after each epoch)")
     g.add_argument("--pretrained", action="store_true", help="start from the weights in --pretrained_file")
     g.add_argument("--pretrained_file", default=None, help="checkpoint or export whose weights to start from")
-    g.add_argument("--start-epoch", type=int, default=None, help="override the epoch to start from (0-based)")
+    g.add_argument("--start-epoch", type=int, default=None, help="with --resume: the epoch to continue from (0-based)")
     g.add_argument("--evaluate", action="store_true", help="only evaluate (needs --resume or --pretrained_file)")
     g.add_argument("--testOnly", type=str2bool, nargs="?", const=True, default=False, help="same as --evaluate")
 
@@ -131,6 +220,8 @@ def get_parser():
                    help="CUDA autocast: bf16, or fp16 with a gradient scaler")
     g.add_argument("--channelsLast", action="store_true", help="channels-last memory format (CUDA)")
     g.add_argument("--syncBN", action="store_true", help="SyncBatchNorm across processes under torchrun")
+    g.add_argument("--packed", default="off", choices=("off", "on", "auto"),
+                   help="evaluate an export with bit-packed XNOR/popcount convs (auto: dense where not covered)")
 
     g = p.add_argument_group("compression")
     g.add_argument("--summary", action="store_true",
@@ -140,21 +231,10 @@ def get_parser():
     return p
 
 
-def binarize_by_default(model_def):
-    """Names meant to be trained with binary weights (the original's scripts all passed --binaryWeight)."""
-    return any(tag in model_def for tag in ("wbin", "fbin", "hybrid")) or model_def.startswith("bincifar")
-
-
 def resolve(args):
-    """Fill in the defaults that depend on other flags; raise UsageError for impossible combinations."""
+    """Check every value and fill in the defaults that depend on other flags; UsageError if impossible."""
     info = models.model_info(args.model_def)
-    if args.bnnModel:
-        args.binarizer = "bnn"
-    if args.binaryWeight is None:
-        args.binaryWeight = binarize_by_default(args.model_def)
-    start, end = info.bin_range
-    args.binStart = start if args.binStart is None else args.binStart
-    args.binEnd = end if args.binEnd is None else args.binEnd
+    _resolve_binarization(args, info)
     if args.inpsize is None:
         args.inpsize = info.default_inpsize
     if args.maxlr is None:
@@ -163,21 +243,86 @@ def resolve(args):
         args.device = "cuda" if args.cuda else "cpu"
     if args.testOnly:
         args.evaluate = True
-    if args.name is None:
-        args.name = f"{args.dataset}_{args.model_def}"
-    if args.store is None:
-        args.store = f"savedmodels/{args.name}"
-    if args.pretrained and not args.pretrained_file:
-        raise UsageError("--pretrained needs --pretrained_file PATH (nothing is downloaded)")
-    if args.evaluate and not (args.resume or args.pretrained_file):
-        raise UsageError("--evaluate/--testOnly needs --resume PATH or --pretrained_file PATH")
-    if args.export and not (args.resume or args.pretrained_file):
-        raise UsageError("--export needs --resume PATH or --pretrained_file PATH")
-    if args.workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {args.workers}")
-    if args.maxlr <= 0 or args.minlr < 0 or args.decaylevel <= 0:
-        raise UsageError("learning rates must be positive and --decaylevel > 0")
+    _check_values(args)
+    if args.name is not None:
+        _check_name(args.name)
     return args
+
+
+def _resolve_binarization(args, info):
+    for key, value in PRESETS.get(args.binarizer, {}).items():
+        if key == "binarizer" or getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.bnnModel:
+        args.binarizer = "bnn"
+    args.weightShift = None if args.weightShift in (None, "none") else args.weightShift
+    args.backward = args.backward or "ste"
+    args.binActivation = args.binActivation or info.activation
+    if args.binaryWeight is None:
+        args.binaryWeight = info.binarized
+    start, end = info.bin_range
+    try:
+        if args.binLayers is not None:
+            args.binLayers = binarize.resolve_layers(info.num_convs, args.binLayers)
+        elif args.binStart is None and args.binEnd is None:
+            args.binLayers = list(info.bin_layers)
+        else:
+            args.binLayers = binarize.resolve_range(info.num_convs, args.binStart or start, args.binEnd or end)
+        if args.binInputs is not None:
+            args.binInputs = models.check_bin_inputs(args.model_def, args.binInputs)
+    except ValueError as exc:
+        raise UsageError(f"{args.model_def}: {exc}") from None
+    if args.binaryWeight and not args.binLayers:
+        raise UsageError("--binLayers none binarizes nothing; drop it or pass --no-binaryWeight")
+    args.binStart, args.binEnd = (args.binLayers[0], args.binLayers[-1]) if args.binLayers else (start, end)
+    if args.binActivation == "approxsign" and args.backward != "ste":
+        raise UsageError("the approxsign activation is sign with Bi-Real's backward and takes no --backward "
+                         f"{args.backward}; use --binActivation sign or asd with --backward {args.backward}")
+
+
+def _check_values(args):
+    checks = [
+        (args.workers >= 0, f"--workers must be >= 0, got {args.workers}"),
+        (math.isfinite(args.maxlr) and args.maxlr > 0, f"the learning rate (--maxlr/--lr) must be a positive finite "
+                                                       f"number, got {args.maxlr}"),
+        (math.isfinite(args.minlr) and args.minlr >= 0, f"--minlr must be a finite number >= 0, got {args.minlr}"),
+        (math.isfinite(args.decaylevel) and args.decaylevel > 0, f"--decaylevel must be > 0, got {args.decaylevel}"),
+        (math.isfinite(args.weightDecay) and args.weightDecay >= 0,
+         f"--weightDecay must be a finite number >= 0, got {args.weightDecay}"),
+        (math.isfinite(args.momentum) and 0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}"),
+        (0 <= args.labelSmoothing < 1, f"--labelSmoothing must be in [0, 1), got {args.labelSmoothing}"),
+        (args.labelSmoothing == 0 or args.criterion == "crossentropy",
+         "--labelSmoothing needs -criterion crossentropy"),
+        (0 < args.edeTmin <= args.edeTmax, f"EDE needs 0 < --edeTmin <= --edeTmax, got {args.edeTmin} and "
+                                           f"{args.edeTmax}"),
+        (args.kdT > 0 and 0 <= args.kdAlpha <= 1, f"distillation needs --kdT > 0 and 0 <= --kdAlpha <= 1, got "
+                                                  f"{args.kdT} and {args.kdAlpha}"),
+        (args.teacherModel is None or args.teacher, "--teacherModel needs --teacher PATH (its weights)"),
+        (args.saveEvery >= 0, f"--saveEvery must be >= 0, got {args.saveEvery}"),
+        (args.start_epoch is None or args.start_epoch >= 0, f"--start-epoch must be >= 0, got {args.start_epoch}"),
+        (args.start_epoch is None or args.resume, "--start-epoch needs a checkpoint to continue from: pass --resume "
+                                                  "PATH (a fresh run starts at epoch 0)"),
+        (not args.pretrained or args.pretrained_file, "--pretrained needs --pretrained_file PATH (nothing is "
+                                                      "downloaded)"),
+        (not args.evaluate or args.resume or args.pretrained_file,
+         "--evaluate/--testOnly needs --resume PATH or --pretrained_file PATH"),
+        (not args.export or args.resume or args.pretrained_file, "--export needs --resume PATH or --pretrained_file PATH"),
+        (args.packed == "off" or (args.evaluate and (args.pretrained_file or "").endswith(".safetensors")),
+         "--packed runs an export: pass --evaluate --pretrained_file MODEL.safetensors"),
+        (not (args.resume and args.pretrained_file), "pass --resume or --pretrained_file, not both"),
+        (not (args.overwrite and args.resume and not args.evaluate), "--overwrite starts the run anew; it cannot be "
+                                                                     "combined with --resume"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def _check_name(name):
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or any(part in ("", ".", "..") for part in parts):
+        raise UsageError(f"--name {name!r} must be a relative name inside --logdir and --store (no absolute path, "
+                         f"no '..', no empty parts); for example --name my_run or --name sweep/run1")
 
 
 def parse(argv=None):

@@ -17,13 +17,25 @@ from .cache import build_cache, cache_key, default_cache_dir, open_cache
 from .digits import digits
 from .errors import DataError
 from .folder import Decode, ImageFiles, bad_image_error, probe_all
+from .loader import epoch_seed, make_loaders
 from .transforms import (IMAGENET_NORM, average_crops, cifar_transforms, imagenet_transforms, resize_for,
                          sketch_transforms)
 
-__all__ = ["DATASETS", "DataBundle", "DataError", "average_crops", "build"]
+__all__ = ["DATASETS", "SHAPES", "DataBundle", "DataError", "average_crops", "build", "epoch_seed", "make_loaders",
+           "native_size"]
 
 ALIASES = {"sketchy": "sketchyrecognition"}
 DATASETS = ("tuberlin", "sketchyrecognition", "sketchy", "cifar10", "cifar100", "imagenet12", "digits")
+# (classes, channels) of each dataset as it unpacks, for what needs no data (--summary, --export).
+SHAPES = {"digits": (10, 1), "tuberlin": (250, 1), "sketchyrecognition": (125, 1), "sketchy": (125, 1),
+          "cifar10": (10, 3), "cifar100": (100, 3), "imagenet12": (1000, 3)}
+# Datasets whose images have one size: the original ignored --inpsize for them (its CIFAR lines pass 225).
+NATIVE_SIZE = {"cifar10": 32, "cifar100": 32}
+
+
+def native_size(name):
+    """The one image size of ``name`` (None where --inpsize applies)."""
+    return NATIVE_SIZE.get(ALIASES.get(name, name))
 # ImageNet as 1-channel (grayscale=True): the ITU-R 601 luma weights applied to the RGB mean and std above.
 IMAGENET_GRAY_NORM = ((0.459,), (0.226,))
 
@@ -51,17 +63,19 @@ class Options:
     sketchy_drop_invalid: bool
     augment: bool
     grayscale: bool
+    imagenet_norm: bool
 
 
 def build(name, data_dir, *, inpsize, ten_crop=False, fold=1, cachemode=False, cache_dir=None,
           skip_bad_images=False, sketchy_variant="tx_000000000000", sketchy_drop_invalid=False, augment=True,
-          grayscale=False):
+          grayscale=False, imagenet_norm=False):
     """Train/val datasets for `name` read from `data_dir` (ignored for digits); see the module docstring.
 
     fold picks the TU-Berlin native val fold (1..3); cachemode decodes every image once into a uint8 cache
     under cache_dir (default `<data_dir>/.dabnet_cache`, else `~/.cache/dabnet`); skip_bad_images skips
     unreadable files with a warning instead of raising DataError; augment=False makes the train transform
-    the deterministic val one; grayscale (imagenet12 only) decodes ImageNet as 1-channel luma.
+    the deterministic val one; grayscale (imagenet12 only) decodes ImageNet as 1-channel luma; imagenet_norm
+    (CIFAR only) normalises with ImageNet's mean and std instead of the dataset's (SD-BNN's recipe).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -70,7 +84,7 @@ def build(name, data_dir, *, inpsize, ten_crop=False, fold=1, cachemode=False, c
         raise ValueError("grayscale=True applies to imagenet12 only (the sketch datasets and digits are "
                          "1-channel already)")
     opts = Options(inpsize, ten_crop, fold, cachemode, cache_dir, skip_bad_images, sketchy_variant,
-                   sketchy_drop_invalid, augment, grayscale)
+                   sketchy_drop_invalid, augment, grayscale, imagenet_norm)
     if name == "digits":
         train, val, classes, description = digits(inpsize, augment=augment, ten_crop=ten_crop)
         return DataBundle(train, val, len(classes), 1, classes, description)
@@ -118,7 +132,8 @@ def _imagenet(name, data_dir, opts):
 
 def _cifar(name, data_dir, opts):
     """torchvision's in-memory CIFAR; cachemode is not needed and ignored."""
-    train_tf, val_tf = cifar_transforms(name, opts.inpsize, augment=opts.augment, ten_crop=opts.ten_crop)
+    train_tf, val_tf = cifar_transforms(name, opts.inpsize, augment=opts.augment, ten_crop=opts.ten_crop,
+                                        norm=IMAGENET_NORM if opts.imagenet_norm else None)
     train, val = natural.cifar(name, data_dir, train_tf, val_tf)
     return DataBundle(train, val, len(train.classes), 3, list(train.classes),
                       f"{name} {data_dir}: {len(train)} train / {len(val)} val")

@@ -92,9 +92,10 @@ def imagenet_transforms(inpsize, mean, std, *, augment, ten_crop):
     return train, val
 
 
-def cifar_transforms(name, inpsize, *, augment, ten_crop):
-    """(train, val) on torchvision's CIFAR PIL images; at inpsize 32 ten-crop reduces to image + mirror."""
-    mean, std = CIFAR_NORM[name]
+def cifar_transforms(name, inpsize, *, augment, ten_crop, norm=None):
+    """(train, val) on torchvision's CIFAR PIL images; at inpsize 32 ten-crop reduces to image + mirror.
+    ``norm``: (mean, std) instead of the dataset's own."""
+    mean, std = norm or CIFAR_NORM[name]
     prefix = [v2.ToImage()] + ([v2.Resize(inpsize, antialias=True)] if inpsize != 32 else [])
     val = eval_transform(inpsize, mean, std, ten_crop=ten_crop, prefix=prefix)
     if not augment:

@@ -111,14 +111,20 @@ def test_evaluate_only_reports_and_writes_nothing(sketches, tmp_path, capsys):
 
 
 def test_binarization_losses_are_printed_and_logged(sketches, tmp_path, capsys):
-    argv = base_args(sketches, tmp_path, "--model_def", "sketchanetwbin", "--calculateBinarizationLosses")
+    argv = base_args(sketches, tmp_path, "--model_def", "sketchanethybrid", "--calculateBinarizationLosses",
+                     "--calculateWeightBinarizationLosses")
     assert main.main(argv) == 0
     out = capsys.readouterr().out
-    assert "binarization losses" in out
-    rows = json.loads((tmp_path / "logs" / "run" / "binarization_losses.json").read_text())
-    assert [r["index"] for r in rows] == [2, 3, 4, 5, 6, 7]
-    assert all(r["rmse"] > 0 for r in rows)
-    assert "binarization_rmse/conv02" in read_events(str(tmp_path / "logs" / "run"))
+    assert "input binarization errors" in out and "weight binarization losses" in out
+    run = tmp_path / "logs" / "run"
+    inputs = json.loads((run / "binarization_losses.json").read_text())
+    assert [r["index"] for r in inputs] == [2, 3, 4, 5]          # the hybrid's binarized inputs
+    assert all(r["rmse"] > 0 and r["nrmse"] > 0 and 0 <= r["err_1mx2"] <= 1 for r in inputs)
+    weights = json.loads((run / "weight_binarization_losses.json").read_text())
+    assert [r["index"] for r in weights] == [2, 3, 4, 5, 6, 7]   # every binarized conv
+    assert all(r["rmse"] > 0 for r in weights)
+    events = read_events(str(run))
+    assert "weight_binarization_rmse/conv02" in events and "binarization/conv02/nrmse" in events
 
 
 @pytest.mark.parametrize("optim", opts.OPTIMIZERS)
@@ -134,7 +140,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sketches, tmp_path, m
     assert main.main(argv) == 0
     last = tmp_path / "ckpt" / "last.pth"
     good = last.read_bytes()
-    monkeypatch.setattr(torch.nn.NLLLoss, "forward", lambda self, x, t: (x * float("nan")).sum())
+    monkeypatch.setattr(torch.nn.functional, "nll_loss", lambda x, t, *a, **k: (x * float("nan")).sum())
     assert main.main(argv[:] + ["--epochs", "3", "--resume", str(last)]) == 1
     assert "loss is nan" in capsys.readouterr().err
     assert last.read_bytes() == good
@@ -161,14 +167,14 @@ def error_cases(sketches, tmp_path):
         "bin range outside model": (["--binStart", "10", "--binEnd", "12"], "9 convs"),
         "input size": (["--inpsize", "64"], "29..32"),
         "resume missing": (["--resume", str(tmp_path / "none.pth")], "does not exist"),
-        "resume corrupt": (["--resume", write(tmp_path / "bad.pth", b"not a checkpoint")], "corrupt"),
-        "resume other model": (["--resume", str(other / "ckpt" / "last.pth")], "another model"),
+        "resume corrupt": (["--resume", write(tmp_path / "bad.pth", b"not a checkpoint")], "not a PyTorch"),
+        "resume other model": (["--resume", str(other / "ckpt" / "last.pth")], "another configuration"),
         "unwritable logdir": (["--logdir", os.path.join(blocker, "logs")], "--logdir"),
         "unwritable store": (["--store", os.path.join(blocker, "ckpt")], "--store"),
         "zero batch size": (["--batch-size", "0"], "positive"),
         "negative epochs": (["--epochs", "-1"], "positive"),
         "unknown optimizer": (["--optimType", "rmsprop"], "invalid choice"),
-        "unknown schedule": (["--learningratescheduler", "cosine"], "invalid choice"),
+        "unknown schedule": (["--learningratescheduler", "step"], "invalid choice"),
         "ngpus without torchrun": (["--ngpus", "2"], "torchrun"),
     }
     if not torch.cuda.is_available():
@@ -202,7 +208,7 @@ def test_defaults_train_a_dab_binarized_sketchanet_on_digits():
     assert (args.dataset, args.model_def, args.binaryWeight, args.binarizer) == ("digits", "sketchanetwbin", True, "dab")
     assert (args.binStart, args.binEnd, args.inpsize) == (2, 7, 225)
     assert opts.parse(["--model_def", "sketchanet"]).binaryWeight is False
-    assert opts.parse(["--model_def", "resnetwbin18"]).binEnd == 100
+    assert opts.parse(["--model_def", "resnetwbin18"]).binLayers == list(range(2, 22))   # 2..100, clipped
     assert opts.parse(["--model_def", "sketchanet", "--binaryWeight"]).binaryWeight is True
     assert opts.parse(["--model_def", "sketchanetwbin", "--no-binaryWeight"]).binaryWeight is False
     assert opts.parse(["--bnnModel"]).binarizer == "bnn"

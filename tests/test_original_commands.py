@@ -7,9 +7,11 @@ CPU: each needs all of its 125-1000 classes and ten-crop validation at 224 pixel
 
 import pytest
 
+import binarize
 import main
 import models
 import opts
+from utils import build
 from original_commands import LINES, argv_for, classes_of, dataset_of, tiny_data
 
 CHANNELS = {"cifar10": 3, "cifar100": 3, "imagenet12": 3}
@@ -20,13 +22,14 @@ def test_original_line_parses_and_builds_its_binarized_model(label, line, tmp_pa
     args = opts.parse(argv_for(line, tmp_path, 1, tmp_path / "logs", tmp_path / "ckpt"))
     assert args.binaryWeight and args.binarizer == "dab" and args.learningratescheduler == "decayschedular"
     assert args.optimType == "adam" and args.epochs == 1 and args.nClasses == classes_of(line)
-    main.resolve_input_size(args)
+    build.input_size_note(args)
     if args.model_def.startswith("alexnet"):  # 62M parameters: check the pieces, skip building it here
         models.check_input_size(args.model_def, args.inpsize)
         return
-    model, indices = main.build_network(args, args.nClasses, CHANNELS.get(dataset_of(line), 1))
+    model = build.network(args, args.nClasses, CHANNELS.get(dataset_of(line), 1))
     num_convs = models.model_info(args.model_def).num_convs
-    assert indices == list(range(args.binStart, min(args.binEnd, num_convs) + 1))
+    start, end = (int(v) for v in (line.split("--binStart=")[1].split()[0], line.split("--binEnd=")[1].split()[0]))
+    assert [i for i, *_ in binarize.binarized_layers(model)] == list(range(start, min(end, num_convs) + 1))
 
 
 CIFAR_LINES = [(label, line) for label, line in LINES if dataset_of(line).startswith("cifar")]

@@ -1,8 +1,14 @@
-"""Checkpoints that survive a crash and load with ``torch.load(..., weights_only=True)``.
+"""Checkpoints that survive a crash, load with ``torch.load(..., weights_only=True)`` and explain a misfit.
 
-A checkpoint is a dict of tensors and plain Python values: ``{epoch, model, optimizer, best_acc1,
-args, rng, ...}``. It is written to a temporary file in the same folder and moved into place with
-``os.replace``, so a run killed mid-write leaves the previous checkpoint intact.
+A checkpoint is a dict of tensors and plain Python values: ``{epoch, step, model, optimizer, best_acc1,
+args, rng, num_classes, in_channels, classes, ...}``. It is written to a temporary file ``.tmp-*`` in the
+same folder and moved into place with ``os.replace``, so a run killed mid-write keeps the previous
+checkpoint; a temporary file left by a kill -9 is removed at the next start
+(:func:`remove_stale_temporaries`).
+
+Loading the weights of another configuration (``--pretrained_file``: a stage-1 checkpoint with real
+weights into a stage-2 model with binarized ones, or the reverse) maps each layer's plain weight to the
+binarized layer's latent weight and back (:func:`adapt_state`).
 """
 
 import os
@@ -12,15 +18,20 @@ import tempfile
 import numpy as np
 import torch
 
+import binarize
+
+TEMP_PREFIX = ".tmp-"
+LATENT = ".parametrizations.weight.original"
+
 
 class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable or not one of ours."""
+    """A checkpoint file that is missing, unreadable, not one of ours, or does not fit the model."""
 
 
 def atomic_save(obj, path):
-    """``torch.save`` to ``path`` through a temporary file and ``os.replace``."""
+    """``torch.save`` to ``path`` through a temporary file and ``os.replace``; the old file stays on error."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1] or ".pth", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -33,16 +44,40 @@ def atomic_save(obj, path):
         raise
 
 
+def remove_stale_temporaries(folder):
+    """Delete the temporary files an interrupted :func:`atomic_save` left in ``folder``; returns how many."""
+    if not os.path.isdir(folder):
+        return 0
+    stale = [e for e in os.listdir(folder) if e.startswith(TEMP_PREFIX)]
+    for entry in stale:
+        os.remove(os.path.join(folder, entry))
+    return len(stale)
+
+
+def _unreadable_reason(path, exc):
+    """Why torch.load failed, in words (torch's own messages run over several lines)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # neither a zip checkpoint nor a pickle
+        return "it is not a PyTorch checkpoint (a text file, or another format)"
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" in text:
+        return "it holds Python objects beyond tensors and plain values, so it is not a dabnet checkpoint"
+    return "it is truncated or corrupt (an interrupted copy or write?)"
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint written by :func:`atomic_save`; one-line :class:`CheckpointError` otherwise."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a folder, not a file; give the path of a last.pth or "
+                              f"best.pth file inside it, or continue a run with --resume auto")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist; give the path of a last.pth or best.pth file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path!r} is corrupt or not a dabnet checkpoint ({reason}); "
-                              f"use another file or start without --resume") from None
+        raise CheckpointError(f"checkpoint {path!r} cannot be read: {_unreadable_reason(path, exc)}; use another file "
+                              f"or start without it") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path!r} holds no model state; give a file written by main.py")
     return state
@@ -72,3 +107,79 @@ def set_rng_state(state):
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_compatible(saved_args, args, path, keys):
+    """CheckpointError unless ``saved_args`` (a checkpoint's args) agree with ``args`` on ``keys``.
+
+    A key the checkpoint does not record (older checkpoints) is not compared.
+    """
+    saved = saved_args or {}
+    for key in keys:
+        if key in saved and saved[key] != getattr(args, key):
+            raise CheckpointError(f"checkpoint {path!r} is from another configuration ({key}={saved[key]!r}, this "
+                                  f"run has {getattr(args, key)!r}); pass the same --{key} or another checkpoint")
+
+
+def _misfit(model, state):
+    """One clause naming the first key or shape that differs between ``model`` and ``state``, or None."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    more = lambda items: f" (and {len(items) - 1} more)" if len(items) > 1 else ""  # noqa: E731
+    if wrong:
+        k = wrong[0]
+        return f"{k} is {list(state[k].shape)} in the checkpoint but {list(expected[k])} here{more(wrong)}"
+    if missing:
+        return f"it lacks {missing[0]}{more(missing)}"
+    if unexpected:
+        return f"it has {unexpected[0]} that this model lacks{more(unexpected)}"
+    return None
+
+
+def load_model_state(model, state, path, hint="check --model_def, --nClasses, --binaryWeight, --binInputs and the "
+                                              "binarized layers"):
+    """``model.load_state_dict(state)`` (strict), or a CheckpointError naming the layer and shapes that differ."""
+    problem = _misfit(model, state)
+    if problem:
+        raise CheckpointError(f"checkpoint {path!r} does not fit this model: {problem}; {hint}")
+    model.load_state_dict(state)
+
+
+def adapt_state(model, state):
+    """``state`` made to fit ``model`` where the two differ only in which layers are binarized.
+
+    A plain ``X.weight`` loads into a binarized layer's latent ``X.parametrizations.weight.original`` (and
+    the reverse); parameters that only a binarizer has (a weight shift, an activation binarizer's
+    squeeze-excitation branch) keep the model's own values when the state lacks them, and are dropped
+    when the model lacks them. Returns ``(state, notes, newly_binarized)``: one note per kind of change,
+    and the layers whose latent came from a plain weight (they need projecting).
+    """
+    own = model.state_dict()
+    binarizer_modules = [name for name, m in model.named_modules()
+                         if isinstance(m, (binarize.WeightBinarizer, binarize.ActivationBinarizer))]
+    adapted, notes, newly = dict(state), [], []
+    for key in own:
+        if key.endswith(LATENT) and key not in adapted:
+            plain = key[:-len(LATENT)] + ".weight"
+            if plain in adapted:
+                adapted[key] = adapted.pop(plain)
+                newly.append(key[:-len(LATENT)])
+        elif key.endswith(".weight") and key not in adapted and key[:-len(".weight")] + LATENT in adapted:
+            adapted[key] = adapted.pop(key[:-len(".weight")] + LATENT)
+            notes.append("binarized layers of the checkpoint load into real layers here (their latent weights)")
+    kept = [k for k in own if k not in adapted and any(k.startswith(m + ".") for m in binarizer_modules)]
+    for key in kept:
+        adapted[key] = own[key]
+    dropped = [k for k in adapted if k not in own and (".parametrizations.weight." in k
+                                                       or any(k.startswith(m + ".") for m in binarizer_modules))]
+    for key in dropped:
+        del adapted[key]
+    if newly:
+        notes.append(f"{len(newly)} real layers of the checkpoint become binarized latent weights here")
+    if kept:
+        notes.append(f"{len(kept)} binarizer parameters absent from the checkpoint keep their initial values")
+    if dropped:
+        notes.append(f"{len(dropped)} binarizer parameters of the checkpoint are not used here")
+    return adapted, sorted(set(notes)), newly

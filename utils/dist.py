@@ -1,4 +1,4 @@
-"""torch.distributed helpers: torchrun's environment, rank-0-only side effects, exact sharded eval."""
+"""torch.distributed helpers: torchrun's environment, rank-0-only side effects, agreement between ranks."""
 
 import os
 
@@ -35,6 +35,10 @@ def rank():
     return dist.get_rank() if is_distributed() else 0
 
 
+def world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def is_main():
     return rank() == 0
 
@@ -46,6 +50,8 @@ def barrier():
 
 def all_sum(values, device):
     """Sum a list of numbers (or 0-d tensors) over all ranks; returns Python floats."""
+    if not values:
+        return []
     t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
     if is_distributed():
         dist.all_reduce(t)
@@ -61,26 +67,36 @@ def broadcast_object(obj):
     return box[0]
 
 
+def gather_object(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` outside torchrun)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag, device):
+    """True on every rank when ``flag`` is true on any rank (all ranks must call it at the same step)."""
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+@torch.no_grad()
+def broadcast_buffers(module):
+    """Give every rank rank 0's buffers (BatchNorm running statistics): DDP broadcasts them at the start
+    of each forward, so after the last training step each rank's own update would otherwise remain."""
+    if is_distributed():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def cleanup():
     if is_distributed():
         dist.destroy_process_group()
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Every ``world``-th index from ``rank``: each sample on exactly one rank, no padding.
-
-    DistributedSampler pads the last shard with repeats, which would count some validation samples
-    twice; evaluation uses this sampler and sums the counts over ranks instead.
-    """
-
-    def __init__(self, length, rank, world):
-        self.indices = list(range(rank, length, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
 
 
 @torch.no_grad()

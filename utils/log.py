@@ -1,33 +1,78 @@
-"""Run logs under ``--logdir/<name>/``: TensorBoard events, ``metrics.csv`` and ``args.json``."""
+"""Run logs under ``--logdir/<name>/``: TensorBoard events, ``metrics.csv``, ``args.json``, per-filter
+statistics under ``filters/``, ``final.json``.
+
+* ``metrics.csv``: one row per completed epoch (``CSV_FIELDS``); a resumed run first drops the rows after
+  the epoch it resumes from, so the file reads as one run with no duplicated epochs.
+* TensorBoard: scalars per epoch (step = epoch, from 1); a resumed run's writer purges the events after
+  the resumed epoch, so TensorBoard shows one run. Histograms ``filters/<tag>/{k_frac,alpha,beta}``.
+* ``filters/layers.json``: the binarized layers, ``[{tag, index, name, method, n, filters}]`` (tag
+  ``conv02`` for conv 2; a Linear layer's tag is its module name with dots as underscores); and one
+  ``filters/epoch_NNNN.npz`` per epoch with ``<tag>_k`` (int32, K of each filter), ``<tag>_alpha`` and
+  ``<tag>_beta`` (float32, the two values of each filter's code). They are the statistics of each layer's
+  last solve (the evaluation at the end of the epoch), read without solving again.
+"""
 
 import csv
 import json
 import os
 import sys
 
+import numpy as np
 from tqdm import tqdm
 
+import binarize
+
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
-              "best_top1", "seconds"]
+              "best_top1", "seconds", "ede_t", "ede_k"]
+
+
+def layer_tag(index, name):
+    """``conv02`` for conv 2; a Linear layer's module name with dots as underscores."""
+    return f"conv{index:02d}" if index is not None else name.replace(".", "_")
 
 
 class RunLogger:
-    """Writes one run's logs; a no-op object on non-zero ranks (``enabled=False``)."""
+    """Writes one run's logs; a no-op object on non-zero ranks (``enabled=False``).
 
-    def __init__(self, folder, args_dict, *, tensorboard=True, enabled=True, resume=False):
+    ``resume_epoch``: the epoch a resumed run continues after (None for a fresh run, whose folder the
+    caller has emptied).
+    """
+
+    def __init__(self, folder, args_dict, *, tensorboard=True, enabled=True, resume_epoch=None):
         self.folder, self.enabled, self.writer = folder, enabled, None
         if not enabled:
             return
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.join(folder, "filters"), exist_ok=True)
         with open(os.path.join(folder, "args.json"), "w") as f:
-            json.dump(args_dict, f, indent=2, sort_keys=True)
+            json.dump(args_dict, f, indent=2, sort_keys=True, default=str)
         self.csv_path = os.path.join(folder, "metrics.csv")
-        if not (resume and os.path.exists(self.csv_path)):
-            with open(self.csv_path, "w", newline="") as f:
-                csv.writer(f).writerow(CSV_FIELDS)
+        kept = self._rows_up_to(resume_epoch) if resume_epoch is not None else []
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        if resume_epoch is not None:
+            self._drop_after(resume_epoch)
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(logdir=folder)
+            purge = None if resume_epoch is None else resume_epoch + 1
+            self.writer = SummaryWriter(logdir=folder, purge_step=purge)
+
+    def _rows_up_to(self, epoch):
+        if not os.path.exists(self.csv_path):
+            return []
+        with open(self.csv_path, newline="") as f:
+            return [row for row in csv.DictReader(f) if row.get("epoch", "").isdigit() and int(row["epoch"]) <= epoch]
+
+    def _drop_after(self, epoch):
+        """Remove what an interrupted run wrote past ``epoch``: later per-filter files and final.json."""
+        filters = os.path.join(self.folder, "filters")
+        for entry in os.listdir(filters):
+            if entry.startswith("epoch_") and entry.endswith(".npz") and int(entry[6:10]) > epoch:
+                os.remove(os.path.join(filters, entry))
+        final = os.path.join(self.folder, "final.json")
+        if os.path.exists(final):
+            os.remove(final)
 
     def scalars(self, values, step):
         """``values``: {tag: number}, e.g. {"train/loss": 0.3}."""
@@ -35,10 +80,48 @@ class RunLogger:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
 
+    def epoch(self, model, step, train_m, val_m, best_top1):
+        """Log one finished epoch: scalars (with each binarized layer's mean K/n, alpha, beta and the EDE
+        settings), the metrics.csv row and the per-filter statistics of ``model``."""
+        values = {"lr": train_m["lr"], "train/loss": train_m["loss"], "train/top1": train_m["top1"],
+                  "train/top5": train_m["top5"], "val/loss": val_m["loss"], "val/top1": val_m["top1"],
+                  "val/top5": val_m["top5"]}
+        if train_m.get("ede_t") != "":
+            values.update({"ede/t": train_m["ede_t"], "ede/k": train_m["ede_k"]})
+        for s in binarize.layer_stats(model):
+            tag = f"binarize/{layer_tag(s['index'], s['name'])}"
+            values.update({f"{tag}/k_frac": s["k_frac"], f"{tag}/alpha": s["alpha"], f"{tag}/beta": s["beta"]})
+        self.scalars(values, step)
+        self.epoch_row(dict(epoch=step, lr=train_m["lr"], train_loss=train_m["loss"], train_top1=train_m["top1"],
+                            train_top5=train_m["top5"], val_loss=val_m["loss"], val_top1=val_m["top1"],
+                            val_top5=val_m["top5"], best_top1=best_top1, seconds=round(train_m["seconds"], 3),
+                            ede_t=train_m.get("ede_t", ""), ede_k=train_m.get("ede_k", "")))
+        self.filter_stats(binarize.filter_stats(model), step)
+        self.flush()
+
     def epoch_row(self, row):
         if self.enabled:
             with open(self.csv_path, "a", newline="") as f:
                 csv.DictWriter(f, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+
+    def filter_stats(self, stats, step):
+        """Write one epoch's per-filter statistics (``binarize.filter_stats(model)``)."""
+        if not self.enabled or not stats:
+            return
+        layers, arrays = [], {}
+        for s in stats:
+            tag = layer_tag(s["index"], s["name"])
+            k = s["k"].numpy().astype(np.int32)
+            layers.append(dict(tag=tag, index=s["index"], name=s["name"], method=s["method"], n=int(s["n"]),
+                               filters=int(k.shape[0])))
+            arrays.update({f"{tag}_k": k, f"{tag}_alpha": s["alpha"].numpy(), f"{tag}_beta": s["beta"].numpy()})
+            if self.writer is not None:
+                self.writer.add_histogram(f"filters/{tag}/k_frac", k / s["n"], step)
+                self.writer.add_histogram(f"filters/{tag}/alpha", arrays[f"{tag}_alpha"], step)
+                self.writer.add_histogram(f"filters/{tag}/beta", arrays[f"{tag}_beta"], step)
+        folder = os.path.join(self.folder, "filters")
+        np.savez(os.path.join(folder, f"epoch_{step:04d}.npz"), **arrays)
+        self.write_json(os.path.join("filters", "layers.json"), layers)
 
     def write_json(self, name, obj):
         if self.enabled:
@@ -55,7 +138,8 @@ class RunLogger:
             self.writer = None
 
 
-def progress(iterable, *, desc, total, enabled=True):
-    """A tqdm bar on a terminal; plain (no bar) otherwise, where the caller prints summary lines."""
+def progress(iterable, *, desc, total, initial=0, enabled=True):
+    """A tqdm bar on a terminal; plain (no bar) otherwise, where the caller prints progress lines."""
     show = enabled and sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, total=total, disable=not show, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, total=total, initial=initial, disable=not show, leave=False,
+                dynamic_ncols=True)

@@ -1,0 +1,251 @@
+"""From flags to the objects of a run: device, data, network, optimizer, loss, teacher, loaded weights.
+
+``main.py`` reads as the script of a run; each step it takes from the command line is one function here.
+Every error is a one-line ``UsageError`` (exit status 2).
+"""
+
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import binarize
+import datasets
+import models
+import opts
+from opts import CRITERIA, UsageError
+from utils import dist
+from utils.checkpoint import CheckpointError, adapt_state, check_compatible, load_checkpoint, load_model_state
+
+# Flags that must agree between a checkpoint and the run that resumes or evaluates it.
+ARCH_KEYS = ("model_def", "binaryWeight", "binLayers", "binarizer", "weightShift", "binActivation", "binInputs")
+AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_and_amp(args):
+    """``(device, amp dtype or None)``; UsageError for what this machine cannot do."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("CUDA was asked for (--device cuda / --cuda) but is not available; use --device cpu")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if args.ngpus > 1 and not dist.launched_by_torchrun():
+        raise UsageError(f"--ngpus {args.ngpus} is replaced by torchrun: launch "
+                         f"'torchrun --nproc_per_node={args.ngpus} main.py ...' instead")
+    if args.syncBN and device.type != "cuda":
+        raise UsageError("--syncBN needs CUDA (SyncBatchNorm runs on GPUs only); drop --syncBN on CPU")
+    if args.amp != "off" and device.type != "cuda":
+        raise UsageError(f"--amp {args.amp} needs CUDA; drop --amp on {device.type}")
+    return device, AMP[args.amp]
+
+
+def join_processes(device):
+    """Join torchrun's process group; returns ``(rank, world, device)`` with this rank's GPU."""
+    rank, world, local_rank = dist.init(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank) if world > 1 else device
+        torch.backends.cudnn.benchmark = True
+    return rank, world, device
+
+
+def input_size_note(args):
+    """Use the native size of CIFAR whatever --inpsize says, as the original did; returns a note or None."""
+    native = datasets.native_size(args.dataset)
+    if native is None or args.inpsize == native:
+        return None
+    note = (f"note: --inpsize {args.inpsize} does not apply to {args.dataset} (its images are {native}x{native}); "
+            f"using {native}, as the original did")
+    args.inpsize = native
+    return note
+
+
+def check_model(args):
+    """The checks that need no data, done before reading it (--cachemode writes a cache while reading)."""
+    try:
+        models.check_input_size(args.model_def, args.inpsize)
+    except ValueError as exc:
+        raise UsageError(f"{args.model_def}: {exc}") from None
+    for path in (args.pretrained_file, args.teacher):
+        if path and not os.path.isfile(path):
+            raise UsageError(f"{path!r} does not exist; give the path of a checkpoint (.pth) or export (.safetensors)")
+
+
+def data(args):
+    """The datasets of ``args``; UsageError for bad data or a --nClasses that does not match it."""
+    try:
+        bundle = datasets.build(
+            args.dataset, args.data_dir, inpsize=args.inpsize, ten_crop=args.tenCrop, fold=args.fold,
+            cachemode=args.cachemode, cache_dir=args.cacheDir, skip_bad_images=args.skipBadImages,
+            sketchy_variant=args.sketchyVariant, sketchy_drop_invalid=args.sketchyDropInvalid,
+            imagenet_norm=args.dataNorm == "imagenet")
+    except datasets.DataError as exc:
+        raise UsageError(str(exc)) from None
+    if args.nClasses is not None and args.nClasses != bundle.num_classes:
+        raise UsageError(f"--nClasses {args.nClasses} does not match the {bundle.num_classes} classes found in "
+                         f"{args.data_dir or args.dataset}; pass --nClasses {bundle.num_classes} or omit it")
+    return bundle
+
+
+def network(args, num_classes, in_channels, *, init=None):
+    """The model of ``args``: built, initialised, its inputs and weights binarized; not moved or wrapped."""
+    try:
+        model = models.build_model(args.model_def, num_classes, in_channels,
+                                   init=args.weight_init if init is None else init, bin_inputs=args.binInputs)
+        swap = args.binActivation != models.model_info(args.model_def).activation or args.backward != "ste"
+        if swap and binarize.input_binarizers(model):
+            binarize.binarize_inputs(model, args.binActivation,
+                                     backward=None if args.binActivation == "approxsign" else args.backward)
+        if args.binaryWeight:
+            binarize.binarize_weights(model, layers=args.binLayers, method=args.binarizer, backward=args.backward,
+                                      shift=args.weightShift)
+    except ValueError as exc:
+        raise UsageError(f"{args.model_def}: {exc}") from None
+    return model
+
+
+def place(model, args, device, world):
+    """Move ``model`` to ``device`` (channels-last, SyncBatchNorm, DDP as asked); returns ``(model, net)``,
+    ``net`` the module to train (the DDP wrapper under torchrun)."""
+    model.to(device)
+    if args.channelsLast:
+        model.to(memory_format=torch.channels_last)
+    if args.syncBN and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if world == 1:
+        return model, model
+    ids = [device.index] if device.type == "cuda" else None
+    return model, nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def optimizer(args, params):
+    """The ``--optimType`` optimizer at ``--maxlr`` (the schedule sets the rate every epoch)."""
+    lr, wd = args.maxlr, args.weightDecay
+    if args.optimType == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0,
+                               weight_decay=wd)
+    factories = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "adamax": torch.optim.Adamax,
+                 "adadelta": torch.optim.Adadelta}
+    return factories[args.optimType](params, lr=lr, weight_decay=wd)
+
+
+class TrainingLoss(nn.Module):
+    """The training loss on the model's log-probabilities ``z``: ``-criterion`` (NLL, or cross-entropy with
+    ``--labelSmoothing``), and with a teacher the distillation loss of sdbnn.md section 3,
+    ``alpha * T^2 * KL(softmax(t / T) || softmax(z / T)) + (1 - alpha) * criterion`` (``t`` the teacher's
+    outputs on the same images; log-probabilities and logits give the same softmax)."""
+
+    def __init__(self, criterion="nllloss", label_smoothing=0.0, teacher=None, temperature=1.0, alpha=1.0,
+                 amp=None):
+        super().__init__()
+        self.kind, self.smoothing = CRITERIA[criterion], label_smoothing
+        self.teacher, self.temperature, self.alpha, self.amp = teacher, temperature, alpha, amp
+
+    def forward(self, output, target, images):
+        if self.kind == "nll":
+            loss = F.nll_loss(output, target)
+        else:
+            loss = F.cross_entropy(output, target, label_smoothing=self.smoothing)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=self.amp, enabled=self.amp is not None):
+            soft = F.softmax(self.teacher(images).float() / self.temperature, dim=1)
+        t = self.temperature
+        kd = F.kl_div(F.log_softmax(output / t, dim=1), soft, reduction="batchmean") * t * t
+        return self.alpha * kd + (1 - self.alpha) * loss if self.alpha < 1 else kd
+
+
+def teacher(args, num_classes, in_channels, device):
+    """The frozen teacher of ``--teacher`` (our checkpoint, or a torchvision ``--teacherModel`` state_dict)."""
+    if not args.teacher:
+        return None
+    if args.teacherModel:
+        import torchvision
+        try:
+            model = torchvision.models.get_model(args.teacherModel, weights=None, num_classes=num_classes)
+            state = torch.load(args.teacher, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise UsageError(f"--teacher {args.teacher!r} with --teacherModel {args.teacherModel}: "
+                             f"{' '.join(str(exc).split())}") from None
+    else:
+        try:
+            model, _, _ = from_checkpoint(args.teacher)
+        except UsageError as exc:
+            raise UsageError(f"--teacher: {exc}") from None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def saved_args(state, path):
+    """The resolved flags of the run that wrote checkpoint ``state``: the current defaults for its model,
+    overlaid with what it recorded (a checkpoint from before --binLayers gets them from its bin range)."""
+    saved = dict(state.get("args") or {})
+    if saved.get("model_def") not in models.list_models():
+        raise UsageError(f"checkpoint {path!r} does not record a known --model_def ({saved.get('model_def')!r})")
+    args = opts.get_parser().parse_args(["--model_def", saved["model_def"]])
+    vars(args).update({k: v for k, v in saved.items() if k in vars(args) and v is not None})
+    if saved.get("binLayers") is None:
+        args.binLayers = list(range(args.binStart, min(args.binEnd, models.model_info(args.model_def).num_convs) + 1))
+    info = models.model_info(args.model_def)
+    args.binActivation = args.binActivation or info.activation
+    args.backward = args.backward or "ste"
+    args.weightShift = None if args.weightShift in (None, "none") else args.weightShift
+    args.inpsize = args.inpsize or info.default_inpsize
+    return args
+
+
+def from_checkpoint(path, device="cpu"):
+    """``(model, args, state)``: the model of a checkpoint of main.py, rebuilt from the flags it records and
+    loaded with its weights, in eval mode on ``device``."""
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    args = saved_args(state, path)
+    model = network(args, state.get("num_classes") or datasets.SHAPES[args.dataset][0],
+                    state.get("in_channels") or datasets.SHAPES[args.dataset][1], init=False)
+    try:
+        load_model_state(model, state["model"], path)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    return model.to(device).eval(), args, state
+
+
+def resumed(model, args, state, path):
+    """Load a checkpoint resumed from (exactly this configuration) into ``model``."""
+    try:
+        check_compatible(state.get("args"), args, path, ARCH_KEYS)
+        load_model_state(model, state["model"], path)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def pretrained(model, args, say):
+    """Start from the weights of ``--pretrained_file``: a checkpoint of any configuration of the same
+    architecture (stage 1 -> stage 2 of two-stage training), or an export (.safetensors)."""
+    path = args.pretrained_file
+    if path.endswith(".safetensors"):
+        from utils.export import ExportError, load_export_into
+        try:
+            # Evaluation takes the exported code as is; training keeps the layers binarized.
+            load_export_into(model, path, keep_latent=not args.evaluate)
+        except ExportError as exc:
+            raise UsageError(str(exc)) from None
+        return
+    try:
+        state = load_checkpoint(path)
+        saved = state.get("args") or {}
+        if saved.get("model_def", args.model_def) != args.model_def:
+            raise CheckpointError(f"checkpoint {path!r} holds a {saved['model_def']}, not a {args.model_def}; pass "
+                                  f"--model_def {saved['model_def']} or another checkpoint")
+        adapted, notes, newly = adapt_state(model, state["model"])
+        load_model_state(model, adapted, path)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    layers = {name: (m, b) for _, name, m, b in binarize.binarized_layers(model)}
+    for name in newly:  # real weights that became latents: project them as binarization does when attached
+        module, binarizer = layers[name]
+        binarizer.project_(module.parametrizations.weight.original)
+    for note in notes:
+        say(f"note: {path}: {note}")
