@@ -134,6 +134,9 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
         best = dict(top1=float(state.get("best_acc1", -math.inf)), top5=float(state.get("best_top5", -math.inf)))
         if args.start_epoch is not None:
             start, step = args.start_epoch, 0
+    if start >= args.epochs and not step:  # a finished run asked to go on: leave its folders as they are
+        say(f"nothing to train: {plan.resume_path} is at epoch {start} of {args.epochs}")
+        return 0
     teacher = build.teacher(args, bundle.num_classes, bundle.num_channels, device)
     loss_fn = build.TrainingLoss(args.criterion, args.labelSmoothing, teacher, args.kdT, args.kdAlpha, amp)
     if dist.is_main():
@@ -190,7 +193,7 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
             if stop.requested(device):
                 say(f"stopped by {stop.name} after epoch {epoch + 1}; rerun with --resume auto to continue")
                 return stop.exit_status
-        return finish(args, model, val_loader, device, best, metrics, start, logger, say)
+        return finish(args, model, val_loader, device, best, metrics, logger, say)
     except LossNotFinite as exc:
         kept = f"the last good checkpoint is kept at {plan.last_path}" if os.path.exists(plan.last_path) else \
             "no checkpoint was written yet"
@@ -235,7 +238,7 @@ def train_epoch(args, epoch, step, position, net, loader, batches, loss_fn, opti
     return m
 
 
-def finish(args, model, val_loader, device, best, metrics, start, logger, say):
+def finish(args, model, val_loader, device, best, metrics, logger, say):
     """The end of a run: replica check under torchrun, binarization losses, final.json."""
     world = dist.world_size()
     if world > 1:
@@ -245,9 +248,6 @@ def finish(args, model, val_loader, device, best, metrics, start, logger, say):
         same = dist.replicas_identical(checked, device)
         say(f"latent and binarized weights and BatchNorm statistics identical on all {world} ranks: "
             f"{'yes' if same else 'NO'}")
-    if metrics is None:
-        say(f"nothing to train: the checkpoint is at epoch {start} of {args.epochs}")
-        return 0
     report_losses(args, model, val_loader, device, logger, args.epochs, say)
     say(f"best val top1 {best['top1']:.3f}  final val top1 {metrics['top1']:.3f}  "
         f"(final top5 {metrics['top5']:.3f}, {metrics['count']} val images)")

@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as F
 from .errors import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
-SKIP_FIX = "delete or replace it, or pass skip_bad_images=True to skip unreadable images"
+SKIP_FIX = "delete or replace it, or pass --skipBadImages to skip unreadable images"
 
 
 def is_image_file(path):

@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import sys
+import time
 
 import numpy as np
 from tqdm import tqdm
@@ -56,7 +57,9 @@ class RunLogger:
         if tensorboard:
             from tensorboardX import SummaryWriter
             purge = None if resume_epoch is None else resume_epoch + 1
-            self.writer = SummaryWriter(logdir=folder, purge_step=purge)
+            # tensorboardX names event files by the second: a suffix keeps a quick restart from reusing one
+            self.writer = SummaryWriter(logdir=folder, purge_step=purge,
+                                        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
     def _rows_up_to(self, epoch):
         if not os.path.exists(self.csv_path):
