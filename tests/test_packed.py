@@ -1,0 +1,311 @@
+"""Tests of utils.packed: the bit-packed conv against the dense conv of its decoded weight (every weight
+binarizer's code, odd channel counts, padding, stride, kernels 1 to 7, batches, both memory layouts),
+whole exported models run packed against their dense rebuild, and the one-line errors and the dense
+fallback for exports or environments that cannot run packed.
+
+Binary networks amplify float rounding: a dense conv and the packed one round differently, a BN output
+within that rounding of 0 takes the other sign, and the flip spreads through the later layers. The
+whole-model tests therefore give every binarized filter a dyadic two-value code (multiples of 1/64), so
+that both paths compute the binarized convs exactly and any difference is a bug; the realistic DAB codes
+are checked layer by layer, each packed conv fed the dense model's own input.
+"""
+
+import io
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import binarize
+import models
+from utils import packed
+from utils.export import ExportError, export_model, load_export
+from utils.packed import (PackedConv2d, PackedError, PackedUnavailable, PreSign, load_packed, packed_model,
+                          report_line)
+
+pytest.importorskip("numba")
+
+
+def signs(shape, seed):
+    """A random +-1 tensor (no exact zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.where(torch.rand(shape, generator=g) > 0.5, 1.0, -1.0)
+
+
+def code_of(method, c_out, c_in, k, seed):
+    """(mask, alpha, beta) of a conv weight binarized by ``method``; "arbitrary" draws any alpha, beta."""
+    g = torch.Generator().manual_seed(seed)
+    if method == "arbitrary":
+        mask = torch.rand(c_out, c_in, k, k, generator=g) > 0.5
+        return mask, torch.randn(c_out, generator=g), torch.randn(c_out, generator=g)
+    conv = nn.Conv2d(c_in, c_out, k, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+    binarize.binarize_layer(conv, method)
+    cls = binarize.WEIGHT_BINARIZERS[method]
+    with torch.no_grad():
+        mask, stored = cls.encode(conv.weight)
+    alpha, beta = cls.decode_values(stored, c_out, torch.float32)
+    return mask, alpha, beta
+
+
+CONV_CASES = [  # (method, c_in, c_out, kernel, stride, padding, batch, side)
+    ("dab", 64, 64, 3, 1, 1, 1, 12),
+    ("xnor", 65, 17, 3, 2, 1, 2, 11),
+    ("bnn", 130, 65, 5, 1, 2, 1, 9),
+    ("sign", 3, 5, 3, 2, 1, 3, 9),
+    ("arbitrary", 130, 40, 1, 1, 0, 2, 7),
+    ("dab", 128, 33, 7, 1, 3, 1, 7),
+    ("arbitrary", 64, 128, 5, 1, 0, 1, 20),
+    ("xnor", 256, 96, 7, 1, 0, 2, 7),
+    ("dab", 512, 8, 1, 1, 0, 1, 1),
+    ("bnn", 16, 16, 3, 1, 1, 16, 5),
+    ("arbitrary", 3, 130, 3, 3, 0, 1, 10),
+    ("xnor", 64, 24, 1, 2, 0, 2, 9),  # a strided 1x1 conv packs every second row and column only
+    ("arbitrary", 100, 70, 1, 3, 0, 1, 10),
+]
+
+
+@pytest.mark.parametrize("method, c_in, c_out, k, stride, padding, batch, side", CONV_CASES)
+def test_conv_matches_dense(method, c_in, c_out, k, stride, padding, batch, side):
+    mask, alpha, beta = code_of(method, c_out, c_in, k, seed=c_in + c_out)
+    bias = torch.randn(c_out, generator=torch.Generator().manual_seed(1)) if method == "arbitrary" else None
+    conv = PackedConv2d(mask, alpha, beta, bias, stride, padding)
+    x = signs((batch, c_in, side, side), seed=k)
+    weight = beta.view(-1, 1, 1, 1) + (alpha - beta).view(-1, 1, 1, 1) * mask
+    ref = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), stride, padding)
+    tol = 1e-6 * ref.abs().max().item() + 1e-6
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = conv(x.contiguous(memory_format=layout))
+        assert out.dtype == torch.float32 and out.shape == ref.shape
+        assert (out.double() - ref).abs().max().item() <= tol, layout
+        assert torch.allclose(out, F.conv2d(x, weight, bias, stride, padding), rtol=1e-5, atol=tol)
+
+
+@pytest.mark.parametrize("c_in, k, stride, padding", [(3, 3, 1, 1), (65, 5, 2, 2), (130, 3, 2, 3), (64, 1, 1, 0)])
+def test_integer_parts_exact(c_in, k, stride, padding):
+    """alpha=1, beta=0 gives conv(x, e) = 2 popcount(b & e) - popcount(e) exactly; alpha=beta=1 boxsum(x)."""
+    g = torch.Generator().manual_seed(c_in)
+    mask = torch.rand(9, c_in, k, k, generator=g) > 0.3
+    x = signs((2, c_in, 8, 8), seed=3)
+    ones, zeros = torch.ones(9), torch.zeros(9)
+    selected = PackedConv2d(mask, ones, zeros, None, stride, padding)(x)
+    assert torch.equal(selected, F.conv2d(x, mask.float(), None, stride, padding))
+    box = PackedConv2d(mask, ones, ones, None, stride, padding)(x)
+    assert torch.equal(box, F.conv2d(x, torch.ones(9, c_in, k, k), None, stride, padding))
+
+
+def test_buffers_state_dict_and_pickle():
+    mask, alpha, beta = code_of("dab", 20, 70, 3, seed=5)
+    conv = PackedConv2d(mask, alpha, beta, None, 1, 1)
+    assert conv.weight_bits.shape == (20, 3, 3, 2)
+    assert torch.equal(conv.mask(), mask)
+    assert torch.equal(conv.dense_weight(), beta.view(-1, 1, 1, 1) + (alpha - beta).view(-1, 1, 1, 1) * mask)
+    other = PackedConv2d(torch.zeros_like(mask), alpha, beta, None, 1, 1)
+    other.load_state_dict(conv.state_dict())
+    x = signs((1, 70, 6, 6), seed=2)
+    assert torch.equal(other(x), conv(x))
+    saved = io.BytesIO()
+    torch.save(conv, saved)
+    saved.seek(0)
+    assert torch.equal(torch.load(saved, weights_only=False)(x), conv(x))
+
+
+def test_zero_input_counts_as_minus_one_and_other_dtypes():
+    mask, alpha, beta = code_of("arbitrary", 12, 70, 3, seed=6)
+    conv = PackedConv2d(mask, alpha, beta, None, 1, 1)
+    x = torch.sign(torch.randint(-1, 2, (2, 70, 6, 6)).float())
+    assert (x == 0).any()
+    assert torch.equal(conv(x), conv(torch.where(x > 0, 1.0, -1.0)))
+    out64 = conv(x.double())
+    assert out64.dtype == torch.float64 and torch.equal(out64, conv(x).double())
+
+
+def test_geometry_errors():
+    mask, alpha, beta = code_of("arbitrary", 4, 8, 3, seed=7)
+    with pytest.raises(ValueError, match="groups=1"):
+        PackedConv2d(mask, alpha, beta, groups=2)
+    with pytest.raises(ValueError, match="dilation=1"):
+        PackedConv2d(mask, alpha, beta, dilation=2)
+    reflect = nn.Conv2d(8, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="zero padding"):
+        PackedConv2d.from_conv(reflect, mask, alpha, beta)
+    conv = PackedConv2d.from_conv(nn.Conv2d(8, 4, 3, padding="same", bias=False), mask, alpha, beta)
+    assert conv.padding == (1, 1)
+    with pytest.raises(ValueError, match=r"\[B, 8, H, W\]"):
+        conv(torch.ones(1, 7, 5, 5))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        PackedConv2d(mask, alpha, beta)(torch.ones(1, 8, 2, 2))
+
+
+# -- whole models -----------------------------------------------------------------------------------------
+
+def build(name, method="dab", num_classes=5, activation=None, dyadic=True, bin_range=None, seed=0):
+    """A binarized model in eval mode with random BN statistics (so no BN output is exactly 0)."""
+    torch.manual_seed(seed)
+    info = models.model_info(name)
+    model = models.build_model(name, num_classes)
+    if activation is not None:
+        binarize.binarize_inputs(model, activation)
+    binarize.binarize_weights(model, *(bin_range or info.bin_range), method)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        if dyadic:  # two values per filter, multiples of 1/64: the code is the latent itself
+            for _, _, module, _ in binarize.binarized_layers(model):
+                latent = module.parametrizations.weight.original
+                rows = latent.view(latent.shape[0], -1)
+                upper = torch.rand(rows.shape, generator=g) < 0.5
+                upper[:, 0], upper[:, 1] = True, False
+                alpha = torch.randint(1, 33, (rows.shape[0], 1), generator=g) / 64
+                beta = -torch.randint(1, 33, (rows.shape[0], 1), generator=g) / 64
+                rows.copy_(torch.where(upper, alpha, beta))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.normal_(1, 0.2, generator=g)
+                m.bias.normal_(0, 0.5, generator=g)
+    return model.eval()
+
+
+def export(model, name, tmp_path, num_classes=5):
+    path = os.path.join(tmp_path, f"{name}.safetensors")
+    info = models.model_info(name)
+    export_model(model, path, dict(model_def=name, num_classes=num_classes, in_channels=info.default_in_channels,
+                                   inpsize=info.min_inpsize))
+    return path
+
+
+def inputs(name, batch=2, seed=0):
+    info = models.model_info(name)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, info.default_in_channels, info.min_inpsize, info.min_inpsize, generator=g)
+
+
+def assert_same_outputs(dense, packed_out):
+    assert torch.equal(dense.argmax(1), packed_out.argmax(1))
+    torch.testing.assert_close(packed_out, dense, rtol=1e-5, atol=1e-5 * dense.abs().max().item())
+
+
+@pytest.mark.parametrize("name, fallback, packed_count", [("sketchanetfbin", False, 6), ("resnetfbin18", True, 19)])
+def test_packed_model_matches_dense(name, fallback, packed_count, tmp_path):
+    path = export(build(name), name, tmp_path)
+    dense, _ = load_export(path)
+    model, config, report = load_packed(path, fallback=fallback)
+    assert config["model_def"] == name and not model.training
+    assert sum(row["packed"] for row in report) == packed_count
+    assert sum(isinstance(m, PackedConv2d) for m in model.modules()) == packed_count
+    assert sum(isinstance(m, PreSign) for m in model.modules()) == packed_count  # the sign is in the packing
+    x = inputs(name)
+    with torch.no_grad():
+        assert_same_outputs(dense(x), model(x))
+    if name == "resnetfbin18":  # the classifier (conv 21, fed by the average pool) is binarized, real input
+        assert [(row["index"], row["name"]) for row in report if not row["packed"]] == [(21, "fc")]
+        assert "conv 21 'fc' (its input is real-valued" in report_line(report)
+        with pytest.raises(PackedError) as err:
+            load_packed(path)
+        message = str(err.value)
+        assert "\n" not in message and "conv 21 'fc'" in message and "--packed auto" in message
+
+
+def test_realistic_codes_layer_by_layer(tmp_path):
+    """DAB's own codes (no dyadic values): each packed conv, fed the dense model's input, matches it."""
+    name = "sketchanetfbin"
+    path = export(build(name, dyadic=False), name, tmp_path)
+    dense, _ = load_export(path)
+    model, _, report = load_packed(path)
+    seen = {}
+    convs = dict(dense.named_modules())
+    for row in report:
+        convs[row["name"]].register_forward_pre_hook(lambda m, args, key=row["name"]: seen.__setitem__(key, args[0]))
+    with torch.no_grad():
+        dense(inputs(name))
+        for row in report:
+            conv, x = convs[row["name"]], seen[row["name"]]
+            ref = F.conv2d(x.double(), conv.weight.double(), None, conv.stride, conv.padding)
+            out = model.get_submodule(row["name"])(x)
+            assert (out.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item(), row["name"]
+
+
+# -- errors and the dense fallback ------------------------------------------------------------------------
+
+def test_bad_exports(tmp_path):
+    with pytest.raises(ExportError, match="does not exist"):
+        load_packed(os.path.join(tmp_path, "missing.safetensors"))
+    path = export(build("sketchanetfbin"), "sketchanetfbin", tmp_path)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ExportError):
+        load_packed(path)
+
+
+@pytest.mark.parametrize("name, activation, reason", [
+    ("sketchanetwbin", None, "its input is real-valued"),
+    ("sketchanetfbin", "dab", "activation binarizer 'dab' is not a sign"),
+])
+def test_uncovered_layers(name, activation, reason, tmp_path):
+    path = export(build(name, activation=activation), name, tmp_path)
+    with pytest.raises(PackedError) as err:
+        load_packed(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(path)
+    assert "6 binarized layer(s) cannot run packed" in message and reason in message and "--packed auto" in message
+    model, _, report = load_packed(path, fallback=True)
+    assert [row["index"] for row in report] == [2, 3, 4, 5, 6, 7]
+    assert not any(row["packed"] for row in report) and all(reason in row["reason"] for row in report)
+    dense, _ = load_export(path)
+    x = inputs(name)
+    with torch.no_grad():
+        assert torch.equal(model(x), dense(x))
+
+
+def test_partly_packable_model(tmp_path):
+    """Only conv 4 has the (unpackable) dab activation: the other five run packed."""
+    name = "sketchanetfbin"
+    model = build(name)
+    binarize.set_input_binarizer(model, 4, "dab")
+    path = export(model, name, tmp_path)
+    packed_net, _, report = load_packed(path, fallback=True)
+    assert [row["index"] for row in report if not row["packed"]] == [4]
+    dense, _ = load_export(path)
+    x = inputs(name)
+    with torch.no_grad():
+        assert_same_outputs(dense(x), packed_net(x))
+
+
+def test_packed_model_reencodes_without_tensors(tmp_path):
+    name = "sketchanetfbin"
+    path = export(build(name, method="xnor"), name, tmp_path)
+    from utils.export import read_export
+    _, _, layers = read_export(path)
+    dense, _ = load_export(path)
+    model, _ = load_export(path)
+    report = packed_model(model, layers)
+    assert all(row["packed"] for row in report)
+    x = inputs(name)
+    with torch.no_grad():
+        assert_same_outputs(dense(x), model.eval()(x))
+
+
+def test_non_cpu_device_is_refused(tmp_path):
+    path = export(build("sketchanetfbin"), "sketchanetfbin", tmp_path)
+    with pytest.raises(PackedError, match="runs on the CPU.*--packed auto"):
+        load_packed(path, device="cuda")
+
+
+def test_without_numba(tmp_path, monkeypatch):
+    path = export(build("sketchanetfbin"), "sketchanetfbin", tmp_path)
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
+    monkeypatch.setattr(packed, "_kernels", None)
+    mask, alpha, beta = code_of("arbitrary", 4, 8, 3, seed=7)
+    with pytest.raises(PackedUnavailable, match="pip install numba.*--packed auto") as err:
+        PackedConv2d(mask, alpha, beta)
+    assert "\n" not in str(err.value)
+    with pytest.raises(PackedUnavailable):
+        load_packed(path)
+    model, _, report = load_packed(path, fallback=True)
+    assert not any(row["packed"] for row in report) and all("numba" in row["reason"] for row in report)
+    assert not any(isinstance(m, PackedConv2d) for m in model.modules())
