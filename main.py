@@ -16,6 +16,7 @@ import os
 import random
 import re
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -28,14 +29,10 @@ from opts import UsageError
 from train import LossNotFinite, evaluate, train_one_epoch
 from utils import build, dist
 from utils.binloss import report_losses
-from utils.checkpoint import atomic_save, rng_state, set_rng_state
+from utils.checkpoint import CheckpointError, CheckpointWriteError, TrainingCheckpoints
 from utils.log import RunLogger
 from utils.run import StopRequest, plan_run, prepare_folders
 from utils.schedule import lr_at
-
-
-class RunFailed(RuntimeError):
-    """A run that cannot go on (a checkpoint that cannot be written): one line, exit status 1."""
 
 
 def seed_everything(seed):
@@ -54,10 +51,10 @@ def main(argv=None):
             return exc.code if isinstance(exc.code, int) else 2
         with StopRequest() as stop:
             return run(args, stop)
-    except UsageError as exc:
+    except (UsageError, CheckpointError) as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
-    except RunFailed as exc:
+    except CheckpointWriteError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without the checkpoint of this step
@@ -124,16 +121,12 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
     train_loader, val_loader, batches = loaders
     optimizer = build.optimizer(args, model.parameters())
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    ckpt = TrainingCheckpoints(plan.last_path, plan.best_path, model, optimizer, scaler, batches, dict(
+        args=vars(args), num_classes=bundle.num_classes, in_channels=bundle.num_channels, classes=list(bundle.classes)))
     start, step, best = 0, 0, dict(top1=-math.inf, top5=-math.inf)
-    state = plan.state
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start, step = int(state.get("epoch", 0)), int(state.get("step", 0))
-        best = dict(top1=float(state.get("best_acc1", -math.inf)), top5=float(state.get("best_top5", -math.inf)))
-        if args.start_epoch is not None:
-            start, step = args.start_epoch, 0
+    if plan.state is not None:
+        start, step, best = ckpt.restore(plan.state)
+        start, step = (args.start_epoch, 0) if args.start_epoch is not None else (start, step)
     if start >= args.epochs and not step:  # a finished run asked to go on: leave its folders as they are
         say(f"nothing to train: {plan.resume_path} is at epoch {start} of {args.epochs}")
         return 0
@@ -143,39 +136,19 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
         prepare_folders(plan)
     dist.barrier()
     logger = RunLogger(plan.log_dir, vars(args), tensorboard=args.tensorboard, enabled=dist.is_main(),
-                       resume_epoch=start if state is not None else None)
+                       resume_epoch=start if plan.state is not None else None)
     say(f"run folder {plan.log_dir}, checkpoints in {plan.store}")
-    if state is not None:
+    if plan.state is not None:
         say(f"resumed from {plan.resume_path} at epoch {start}" + (f", step {step} of {batches.steps}" if step else ""))
     if batches.drops_tail:
-        say(f"note: the last training batch of each epoch would hold 1 sample per process; it is dropped "
-            f"(BatchNorm needs 2), and the shuffle changes which sample that is")
-
-    def save(epoch, step, totals=None, seconds=0.0, is_best=False):
-        """Checkpoint ``epoch`` epochs plus ``step`` steps of training (all ranks call it)."""
-        ranks = dist.gather_object(dict(rng=rng_state(), totals=None if totals is None else totals.cpu()))
-        ckpt = dict(epoch=epoch, step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                    best_acc1=best["top1"], best_top5=best["top5"], args=vars(args), rng=ranks[0]["rng"],
-                    rng_ranks=[r["rng"] for r in ranks], totals=[r["totals"] for r in ranks], seconds=seconds,
-                    order=batches.order().to(torch.int32) if step else None, num_classes=bundle.num_classes,
-                    in_channels=bundle.num_channels, classes=list(bundle.classes))
-        if scaler is not None:
-            ckpt["scaler"] = scaler.state_dict()
-        if dist.is_main():
-            for path in [plan.last_path] + ([plan.best_path] if is_best else []):
-                try:
-                    atomic_save(ckpt, path)
-                except OSError as exc:
-                    raise RunFailed(f"could not write {path}: {exc.strerror or exc}; the previous checkpoint is kept; "
-                                    f"free space or fix the folder, then rerun with --resume auto") from None
-        dist.barrier()
-
+        say("note: the last training batch of each epoch would hold 1 sample per process; it is dropped "
+            "(BatchNorm needs 2), and the shuffle changes which sample that is")
+    run = SimpleNamespace(args=args, net=net, loader=train_loader, batches=batches, loss_fn=loss_fn,
+                          optimizer=optimizer, scaler=scaler, device=device, amp=amp, stop=stop, ckpt=ckpt)
     metrics = None
     try:
         for epoch in range(start, args.epochs):
-            position = state if (state is not None and epoch == start and step) else None
-            train_m = train_epoch(args, epoch, step, position, net, train_loader, batches, loss_fn, optimizer,
-                                  scaler, device, amp, stop, save, logger)
+            train_m = train_epoch(run, epoch, step, plan.state if epoch == start and step else None, best)
             if train_m["stopped"]:
                 say(f"stopped by {stop.name} at epoch {epoch + 1}, step {train_m['step']} of {batches.steps}; "
                     f"{plan.last_path} holds that point: rerun the same command with --resume auto to continue")
@@ -188,7 +161,7 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
             say(f"epoch {epoch + 1}/{args.epochs}  lr {train_m['lr']:.2e}  train loss {train_m['loss']:.4f} "
                 f"top1 {train_m['top1']:.2f}  |  val loss {metrics['loss']:.4f} top1 {metrics['top1']:.2f} "
                 f"top5 {metrics['top5']:.2f}  (best {best['top1']:.2f})  {train_m['seconds']:.1f}s", flush=True)
-            save(epoch + 1, 0, is_best=is_best)
+            ckpt.save(epoch + 1, 0, best, is_best=is_best)
             logger.epoch(model, epoch + 1, train_m, metrics, best["top1"])
             if stop.requested(device):
                 say(f"stopped by {stop.name} after epoch {epoch + 1}; rerun with --resume auto to continue")
@@ -203,37 +176,30 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
         logger.close()
 
 
-def train_epoch(args, epoch, step, position, net, loader, batches, loss_fn, optimizer, scaler, device, amp, stop,
-                save, logger):
+def train_epoch(run, epoch, step, position, best):
     """Set the epoch's learning rate, EDE settings and seeds (or a mid-epoch position), then train it."""
+    args = run.args
     lr = lr_at(epoch, schedule=args.learningratescheduler, maxlr=args.maxlr, minlr=args.minlr,
                decayinterval=args.decayinterval, decaylevel=args.decaylevel, epochs=args.epochs)
-    for group in optimizer.param_groups:
+    for group in run.optimizer.param_groups:
         group["lr"] = lr
     ede = binarize.ede_schedule(epoch, args.epochs, args.edeTmin, args.edeTmax) if args.backward == "ede" else None
     if ede:
-        binarize.set_ede(net, *ede)
+        binarize.set_ede(run.net, *ede)
     seed_everything(datasets.epoch_seed(args.manualSeed, epoch) + dist.rank())
-    batches.set_epoch(epoch, step)
-    totals, seconds = None, 0.0
-    if position is not None:  # continue exactly where a mid-epoch checkpoint stopped
-        if position.get("order") is not None and dist.is_main() and not torch.equal(
-                position["order"].long(), batches.order()):
-            raise UsageError("the training data changed since the checkpoint (the epoch's order differs), so the "
-                             "epoch cannot be resumed exactly; restore the data or start from best.pth")
-        ranks = position.get("rng_ranks") or [position["rng"]]
-        set_rng_state(ranks[dist.rank()] if len(ranks) > dist.rank() else ranks[0])
-        totals, seconds = position["totals"][dist.rank()], float(position.get("seconds", 0.0))
+    run.batches.set_epoch(epoch, step)
+    totals, seconds = run.ckpt.continue_epoch(position, dist.rank()) if position is not None else (None, 0.0)
 
     def after_step(done, totals, seconds):
-        stopping = stop.requested(device)
-        if stopping or (args.saveEvery and done % args.saveEvery == 0 and done < batches.steps):
-            save(epoch, done, totals, seconds)
+        stopping = run.stop.requested(run.device)
+        if stopping or (args.saveEvery and done % args.saveEvery == 0 and done < run.batches.steps):
+            run.ckpt.save(epoch, done, best, totals, seconds)
         return stopping
 
-    m = train_one_epoch(net, loader, loss_fn, optimizer, device, epoch=epoch, steps=batches.steps, start_step=step,
-                        totals=totals, seconds=seconds, amp=amp, scaler=scaler, channels_last=args.channelsLast,
-                        print_freq=args.printfreq, verbose=args.verbose, after_step=after_step)
+    m = train_one_epoch(run.net, run.loader, run.loss_fn, run.optimizer, run.device, epoch=epoch,
+                        steps=run.batches.steps, start_step=step, totals=totals, seconds=seconds, amp=run.amp,
+                        scaler=run.scaler, channels_last=args.channelsLast, print_freq=args.printfreq,
+                        verbose=args.verbose, after_step=after_step)
     m.update(lr=lr, ede_t=ede[0] if ede else "", ede_k=ede[1] if ede else "")
     return m
 

@@ -300,8 +300,8 @@ def _check_values(args):
         (args.teacherModel is None or args.teacher, "--teacherModel needs --teacher PATH (its weights)"),
         (args.saveEvery >= 0, f"--saveEvery must be >= 0, got {args.saveEvery}"),
         (args.start_epoch is None or args.start_epoch >= 0, f"--start-epoch must be >= 0, got {args.start_epoch}"),
-        (args.start_epoch is None or args.resume, "--start-epoch needs a checkpoint to continue from: pass --resume "
-                                                  "PATH (a fresh run starts at epoch 0)"),
+        (not args.start_epoch or args.resume, "--start-epoch needs a checkpoint to continue from: pass --resume "
+                                              "PATH (a fresh run starts at epoch 0)"),
         (not args.pretrained or args.pretrained_file, "--pretrained needs --pretrained_file PATH (nothing is "
                                                       "downloaded)"),
         (not args.evaluate or args.resume or args.pretrained_file,
@@ -309,7 +309,9 @@ def _check_values(args):
         (not args.export or args.resume or args.pretrained_file, "--export needs --resume PATH or --pretrained_file PATH"),
         (args.packed == "off" or (args.evaluate and (args.pretrained_file or "").endswith(".safetensors")),
          "--packed runs an export: pass --evaluate --pretrained_file MODEL.safetensors"),
-        (not (args.resume and args.pretrained_file), "pass --resume or --pretrained_file, not both"),
+        (not (args.resume and args.resume != "auto" and args.pretrained_file),
+         "pass --resume PATH or --pretrained_file, not both (--resume auto with --pretrained_file starts from the "
+         "file only when the run has no checkpoint yet)"),
         (not (args.overwrite and args.resume and not args.evaluate), "--overwrite starts the run anew; it cannot be "
                                                                      "combined with --resume"),
     ]

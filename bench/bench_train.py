@@ -1,12 +1,19 @@
-"""Training throughput: full precision vs DAB/XNOR weight binarization vs fully binarized (fbin) models.
+"""Training throughput: full precision vs DAB/XNOR weight binarization vs fully binarized models.
 
-For each model (Sketch-A-Net at 225, ResNet-18 at 224; batch 128 by default, as the original trained
-them at 128-512) it times whole training steps (zero_grad, forward, NLL loss, backward, Adam step) of
+For each model (Sketch-A-Net at 225, ResNet-18 at 224, ResNet-20 at 32; batch 128 by default, as the
+original trained them at 128-512 and SD-BNN at 128) it times whole training steps (zero_grad, forward,
+NLL loss, backward, Adam step, and the projection of the latent weights after it) of
 
     fp         the wbin architecture with full-precision weights (same convs, the baseline)
     wbin-dab   the same with DAB weights on the family's bin range
     fbin-dab   the fbin variant (binarized activations too) with DAB weights
     wbin-xnor  the wbin architecture with BWN/XNOR weights
+
+and for ResNet-20 (SD-BNN's CIFAR model, 1 input channel as the digits)
+
+    fp         resnet20_fp
+    sdbnn      resnet20_1w1a with SD-BNN's conv: sign weights + WSD shift, ASD activations, EDE backward
+    dab-asd-ede  the same with DAB weights
 
 interleaved in one process (one step of each in turn, so all see the same machine state), and reports
 the median over the repeats after warm-up, steps/s, images/s and the ratio of each step time to fp.
@@ -30,15 +37,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import binarize  # noqa: E402
 import models  # noqa: E402
 
-FAMILIES = {"sketchanet": ("sketchanetwbin", "sketchanetfbin", 225),
-            "resnet": ("resnetwbin18", "resnetfbin18", 224)}
+SDBNN = dict(shift="wsd", activation="asd", backward="ede")
+FAMILIES = {  # family -> (input size, {label: (model, weight binarizer or None, SD-BNN parts or None)})
+    "sketchanet": (225, {"fp": ("sketchanetwbin", None, None), "wbin-dab": ("sketchanetwbin", "dab", None),
+                         "fbin-dab": ("sketchanetfbin", "dab", None), "wbin-xnor": ("sketchanetwbin", "xnor", None)}),
+    "resnet": (224, {"fp": ("resnetwbin18", None, None), "wbin-dab": ("resnetwbin18", "dab", None),
+                     "fbin-dab": ("resnetfbin18", "dab", None), "wbin-xnor": ("resnetwbin18", "xnor", None)}),
+    "resnet20": (32, {"fp": ("resnet20_fp", None, None), "sdbnn": ("resnet20_1w1a", "sign", SDBNN),
+                      "dab-asd-ede": ("resnet20_1w1a", "dab", SDBNN)}),
+}
 
 
-def build(name, method, num_classes, device, channels_last):
-    model = models.build_model(name, num_classes)
+def build(name, method, parts, num_classes, device, channels_last):
+    model = models.build_model(name, num_classes, 1)
     if method is not None:
-        start, end = models.model_info(name).bin_range
-        binarize.binarize_weights(model, start, end, method)
+        parts = parts or {}
+        shift = parts.get("shift") if method == "sign" else None
+        if parts.get("activation"):
+            binarize.binarize_inputs(model, parts["activation"], backward=parts.get("backward"))
+        binarize.binarize_weights(model, layers=models.model_info(name).bin_layers, method=method,
+                                  backward=parts.get("backward"), shift=shift)
+        binarize.set_ede(model, 0.5, 2.0)  # mid-schedule EDE settings; the cost does not depend on them
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -65,16 +84,15 @@ def sync(device):
 
 
 def bench_family(family, args, device, amp):
-    wbin, fbin, size = FAMILIES[family]
+    size, configs = FAMILIES[family]
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 1, size, size, generator=gen).to(device)
     if args.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
-    configs = {"fp": (wbin, None), "wbin-dab": (wbin, "dab"), "fbin-dab": (fbin, "dab"), "wbin-xnor": (wbin, "xnor")}
     steps = {}
-    for label, (name, method) in configs.items():
-        model, optimizer = build(name, method, args.classes, device, args.channels_last)
+    for label, (name, method, parts) in configs.items():
+        model, optimizer = build(name, method, parts, args.classes, device, args.channels_last)
         steps[label] = make_step(model, optimizer, images, target, amp)
     for _ in range(args.warmup):
         for step in steps.values():
@@ -89,7 +107,8 @@ def bench_family(family, args, device, amp):
             sync(device)
             times[label].append(time.perf_counter() - start)
     med = {label: statistics.median(ts) for label, ts in times.items()}
-    print(f"{family} ({wbin}/{fbin}) at {size}x{size}, batch {args.batch}, {args.classes} classes, "
+    print(f"{family} ({', '.join(sorted({c[0] for c in configs.values()}))}) at {size}x{size}, batch {args.batch}, "
+          f"{args.classes} classes, "
           f"device {device}, amp {args.amp}, channels_last {args.channels_last}, median of {args.repeats}:")
     for label, t in med.items():
         print(f"  {label:10s} {t * 1e3:9.1f} ms/step  {1 / t:7.3f} steps/s  {args.batch / t:8.1f} images/s  "
@@ -113,7 +132,7 @@ def bench_epoch(args, device, amp):
     build_s = time.perf_counter() - start
     loader = torch.utils.data.DataLoader(bundle.train, batch_size=args.batch, shuffle=True, num_workers=4,
                                          pin_memory=device.type == "cuda", drop_last=True)
-    model, optimizer = build("sketchanetwbin", "dab", bundle.num_classes, device, args.channels_last)
+    model, optimizer = build("sketchanetwbin", "dab", None, bundle.num_classes, device, args.channels_last)
     criterion = nn.NLLLoss()
     for epoch in range(2):  # the first epoch warms up cudnn and the workers
         sync(device)
@@ -135,7 +154,7 @@ def bench_epoch(args, device, amp):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["sketchanet", "resnet"], choices=sorted(FAMILIES))
+    parser.add_argument("--models", nargs="+", default=["sketchanet", "resnet", "resnet20"], choices=sorted(FAMILIES))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--classes", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=5)

@@ -57,7 +57,7 @@ class _SignWithWindow(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * ctx.surrogate.window(x, closed=True).to(grad.dtype), None
+        return ctx.surrogate.pass_through(grad, x, closed=True), None
 
 
 class ActivationBinarizer(nn.Module):
@@ -175,7 +175,7 @@ class _DABActiveFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * ctx.surrogate.window(x, closed=True).to(grad.dtype), None
+        return ctx.surrogate.pass_through(grad, x, closed=True), None
 
 
 @register_activation_binarizer

@@ -116,7 +116,7 @@ def binarize_layer(module, method="dab", *, backward=None, shift=None):
     if weight_binarizer(module) is not None:
         raise ValueError(f"{type(module).__name__} is already binarized")
     binarizer = make_weight_binarizer(method, module.weight.shape, backward=backward, shift=shift)
-    binarizer.to(module.weight.device)
+    binarizer.to(device=module.weight.device, dtype=module.weight.dtype)  # its own parameters (a shift) too
     parametrize.register_parametrization(module, "weight", binarizer, unsafe=True)
     latent = module.parametrizations.weight.original
     _LATENTS[latent] = binarizer

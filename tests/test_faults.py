@@ -90,8 +90,8 @@ def uninterrupted(data, tmp_path_factory):
     return roots
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+@pytest.mark.parametrize("sig,workers", [(signal.SIGTERM, 0), (signal.SIGTERM, 2), (signal.SIGUSR1, 0),
+                                         (signal.SIGINT, 2)])
 def test_signal_mid_epoch_then_resume_auto_equals_the_uninterrupted_run(sig, workers, data, uninterrupted,
                                                                          tmp_path, monkeypatch, capsys):
     argv = argv_of(data, tmp_path, workers=workers)

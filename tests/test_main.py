@@ -156,6 +156,10 @@ def error_cases(sketches, tmp_path):
     """(argv, expected fragment of the one-line message) for each kind of bad input."""
     other = tmp_path / "other"
     assert main.main(base_args(sketches, other, "--model_def", "nin", "--inpsize", "32")) == 0
+    three = tmp_path / "three"  # a nin with 3 classes, for a class-count mismatch
+    three_data = split_tree(tmp_path / "threedata", CLASSES + ["cup"], train_per_class=2, val_per_class=1,
+                            subdir="tuberlin")
+    assert main.main(base_args(str(three_data), three, *FAST)) == 0
     empty = tmp_path / "empty"
     empty.mkdir()
     blocker = write(tmp_path / "afile", b"x")
@@ -176,6 +180,24 @@ def error_cases(sketches, tmp_path):
         "unknown optimizer": (["--optimType", "rmsprop"], "invalid choice"),
         "unknown schedule": (["--learningratescheduler", "step"], "invalid choice"),
         "ngpus without torchrun": (["--ngpus", "2"], "torchrun"),
+        "nan learning rate": (["--maxlr", "nan"], "positive finite"),
+        "inf learning rate": (["--lr", "inf"], "positive finite"),
+        "negative learning rate": (["--maxlr", "-0.1"], "positive finite"),
+        "negative weight decay": (["--weightDecay", "-1e-4"], "--weightDecay"),
+        "nan weight decay": (["--weightDecay", "nan"], "--weightDecay"),
+        "negative workers": (["--workers", "-3"], "--workers must be >= 0"),
+        "negative start epoch": (["--start-epoch", "-5", "--resume", "auto"], "--start-epoch must be >= 0"),
+        "start epoch without checkpoint": (["--start-epoch", "99"], "needs a checkpoint"),
+        "start epoch, auto, no checkpoint": (["--start-epoch", "3", "--resume", "auto"], "no checkpoint behind it"),
+        "name escaping the folders": (["--name", "../../escape"], "relative name"),
+        "absolute name": (["--name", "/tmp/abs"], "relative name"),
+        "resume a folder": (["--resume", str(tmp_path)], "is a folder"),
+        "resume a text file": (["--resume", write(tmp_path / "notes.txt", b"hello\n")], "not a PyTorch checkpoint"),
+        "resume truncated": (["--resume", write(tmp_path / "cut.pth", open(other / "ckpt" / "last.pth", "rb")
+                                                .read()[:5000])], "truncated or corrupt"),
+        "pretrained other class count": (["--nClasses", "2", "--pretrained_file",
+                                          str(tmp_path / "three" / "ckpt" / "last.pth")], "[3, 192, 1, 1]"),
+        "refused criterion": (["-criterion", "mse"], "only ever trained with nllLoss"),
     }
     if not torch.cuda.is_available():
         cases["cuda absent"] = (["--device", "cuda"], "CUDA")

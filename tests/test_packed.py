@@ -309,3 +309,40 @@ def test_without_numba(tmp_path, monkeypatch):
     model, _, report = load_packed(path, fallback=True)
     assert not any(row["packed"] for row in report) and all("numba" in row["reason"] for row in report)
     assert not any(isinstance(m, PackedConv2d) for m in model.modules())
+
+
+def test_main_evaluates_an_export_packed_like_dense(tmp_path, capsys):
+    """``main.py --evaluate --pretrained_file X.safetensors --packed``: the same top-1 as the dense export,
+    the loss within float rounding; an uncovered layer is refused unless --packed auto."""
+    import main
+    from tinydata import split_tree
+    data = str(split_tree(tmp_path / "data", ["cat", "dog", "fish"], train_per_class=4, val_per_class=3,
+                          subdir="tuberlin"))
+    common = ["--dataset", "tuberlin", "--data_dir", data, "--model_def", "nin", "--inpsize", "32", "--binaryWeight",
+              "--testbatchsize", "4", "--workers", "0"]
+    for name, bins in (("inner", []), ("all", ["--binEnd", "100"])):  # "all" also binarizes the classifier
+        argv = common + bins + ["--epochs", "1", "--batch-size", "4", "--logdir", str(tmp_path / "logs"),
+                                "--store", str(tmp_path / name), "--name", name]
+        assert main.main(argv) == 0
+        assert main.main(["--export", str(tmp_path / f"{name}.safetensors"), "--resume",
+                          str(tmp_path / name / "last.pth")]) == 0
+    capsys.readouterr()
+
+    def val(path, *packed):
+        assert main.main(common + ["--evaluate", "--pretrained_file", path, *packed]) == 0
+        out = capsys.readouterr().out
+        line = next(line for line in out.splitlines() if line.startswith("val: loss"))
+        return float(line.split()[2]), float(line.split()[4]), out
+
+    dense_loss, dense_top1, _ = val(str(tmp_path / "inner.safetensors"))
+    loss, top1, out = val(str(tmp_path / "inner.safetensors"), "--packed", "on")
+    assert top1 == dense_top1 and loss == pytest.approx(dense_loss, abs=1e-3)
+    assert "packed: 7 of 7 binarized layers" in out
+    assert main.main(common + ["--evaluate", "--pretrained_file", str(tmp_path / "all.safetensors"),
+                               "--packed", "on"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "conv9" in err and "--packed auto" in err
+    dense_loss, dense_top1, _ = val(str(tmp_path / "all.safetensors"))
+    loss, top1, out = val(str(tmp_path / "all.safetensors"), "--packed", "auto")
+    assert top1 == dense_top1 and loss == pytest.approx(dense_loss, abs=1e-3)
+    assert "packed: 7 of 8 binarized layers" in out and "dense: features.conv9.conv" in out

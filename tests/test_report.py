@@ -311,3 +311,38 @@ def test_many_runs_share_a_legend_entry_per_seed_group(tmp_path):
     n = rp.MAX_LEGEND + 2
     spread = statistics.stdev([20.0 + seed for seed in range(n)])
     assert f"± {spread:.2f} (n={n})" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_report_of_real_runs_of_main(tmp_path):
+    """Two 2-epoch runs of main.py (DAB and XNOR weights) and two SD-BNN-style ablations of one model:
+    results.csv equals each final.json, the improvement row is DAB minus XNOR, the parts that change a
+    binarizer (shift, EDE) keep runs apart, and every figure is drawn from the logged per-filter statistics."""
+    import main
+    from tinydata import split_tree
+    data = str(split_tree(tmp_path / "data", ["cat", "dog", "fish"], train_per_class=4, val_per_class=2,
+                          subdir="tuberlin", size=32))
+    common = ["--dataset", "tuberlin", "--data_dir", data, "--inpsize", "32", "--epochs", "2", "--batch-size", "4",
+              "--testbatchsize", "4", "--workers", "0", "--logdir", str(tmp_path / "runs")]
+    configs = {"nin_dab": ["--model_def", "nin", "--binaryWeight", "--binarizer", "dab",
+                           "--calculateBinarizationLosses"],
+               "nin_xnor": ["--model_def", "nin", "--binaryWeight", "--binarizer", "xnor"],
+               "r20_sign": ["--model_def", "resnet20_1w1a", "--binarizer", "sign"],
+               "r20_sign_wsd_ede": ["--model_def", "resnet20_1w1a", "--binarizer", "sign", "--weightShift", "wsd",
+                                    "--backward", "ede"]}
+    for name, extra in configs.items():
+        assert main.main(common + extra + ["--name", name, "--store", str(tmp_path / "ckpt" / name)]) == 0
+    out = tmp_path / "report"
+    result = rp.report([str(tmp_path / "runs")], str(out))
+    assert not result["skipped"]
+    rows = {r["run"]: r for r in read_csv(out / "results.csv")}
+    for name in configs:
+        final = json.loads((tmp_path / "runs" / name / "final.json").read_text())
+        assert float(rows[name]["best_top1"]) == final["best_top1"]
+        assert float(rows[name]["final_top1"]) == final["final_top1"]
+    assert rows["r20_sign"]["binarizer"] == "sign" and rows["r20_sign_wsd_ede"]["binarizer"] == "sign+wsd+ede"
+    md = (out / "results.md").read_text()
+    diff = float(rows["nin_dab"]["final_top1"]) - float(rows["nin_xnor"]["final_top1"])
+    assert "XNOR-Net vs DAB-Net" in md and f"{diff:+.2f}" in md
+    for figure in ("curves_val_top1.png", "curves_train_loss.png", "nin_dab/alpha_beta.png",
+                   "nin_dab/k_over_training.png", "nin_dab/k_across_layers.png", "nin_dab/binarization_rmse.png"):
+        assert_png(out / figure)

@@ -174,7 +174,17 @@ def teacher(args, num_classes, in_channels, device):
             raise UsageError(f"--teacher: {exc}") from None
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.to(device).eval()
+    model.eval()
+    try:  # a teacher that cannot read this data should say so now, not after an epoch's set-up
+        with torch.no_grad():
+            out = model(torch.zeros(1, in_channels, args.inpsize, args.inpsize))
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"--teacher {args.teacher!r} cannot read {in_channels}-channel {args.inpsize}x"
+                         f"{args.inpsize} images ({' '.join(str(exc).split())}); give a teacher for this "
+                         f"data") from None
+    if out.shape[-1] != num_classes:
+        raise UsageError(f"--teacher {args.teacher!r} has {out.shape[-1]} outputs, the data {num_classes} classes")
+    return model.to(device)
 
 
 def saved_args(state, path):

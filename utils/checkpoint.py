@@ -11,6 +11,7 @@ weights into a stage-2 model with binarized ones, or the reverse) maps each laye
 binarized layer's latent weight and back (:func:`adapt_state`).
 """
 
+import math
 import os
 import random
 import tempfile
@@ -186,3 +187,58 @@ def adapt_state(model, state):
     if dropped:
         notes.append(f"{len(dropped)} binarizer parameters of the checkpoint are not used here")
     return adapted, sorted(set(notes)), newly
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (no space, a read-only folder): the previous one is kept."""
+
+
+class TrainingCheckpoints:
+    """The checkpoints of one training run: ``last.pth`` after every epoch (and every ``--saveEvery`` steps or
+    when a signal stops the run), ``best.pth`` when val top-1 improves.
+
+    A checkpoint at step s of epoch e (``epoch`` = e epochs done, ``step`` = s) also holds what continues
+    the epoch exactly: every rank's RNG states and running sums, the seconds spent, and rank 0's data
+    order for the epoch (to detect data that changed since). Every rank calls :meth:`save`; rank 0 writes.
+    """
+
+    def __init__(self, last_path, best_path, model, optimizer, scaler, batches, extra):
+        self.last_path, self.best_path = last_path, best_path
+        self.model, self.optimizer, self.scaler, self.batches, self.extra = model, optimizer, scaler, batches, extra
+
+    def save(self, epoch, step, best, totals=None, seconds=0.0, is_best=False):
+        from utils import dist
+        ranks = dist.gather_object(dict(rng=rng_state(), totals=None if totals is None else totals.cpu()))
+        state = dict(epoch=epoch, step=step, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                     best_acc1=best["top1"], best_top5=best["top5"], rng=ranks[0]["rng"],
+                     rng_ranks=[r["rng"] for r in ranks], totals=[r["totals"] for r in ranks], seconds=seconds,
+                     order=self.batches.order().to(torch.int32) if step else None, **self.extra)
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if dist.is_main():
+            for path in [self.last_path] + ([self.best_path] if is_best else []):
+                try:
+                    atomic_save(state, path)
+                except OSError as exc:
+                    raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; the previous "
+                                               f"checkpoint is kept; free space or fix the folder, then rerun with "
+                                               f"--resume auto") from None
+        dist.barrier()
+
+    def restore(self, state):
+        """Load the optimizer (and gradient scaler) of ``state``; returns ``(epochs done, step, best)``."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        best = dict(top1=float(state.get("best_acc1", -math.inf)), top5=float(state.get("best_top5", -math.inf)))
+        return int(state.get("epoch", 0)), int(state.get("step", 0)), best
+
+    def continue_epoch(self, state, rank):
+        """Restore this rank's RNG states of a mid-epoch ``state``; returns its ``(totals, seconds)``."""
+        if state.get("order") is not None and rank == 0 and not torch.equal(state["order"].long(),
+                                                                            self.batches.order()):
+            raise CheckpointError("the training data changed since the checkpoint (the epoch's order differs), so "
+                                  "the epoch cannot be resumed exactly; restore the data or start from best.pth")
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        set_rng_state(ranks[rank] if len(ranks) > rank else ranks[0])
+        return state["totals"][rank], float(state.get("seconds", 0.0))

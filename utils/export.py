@@ -2,6 +2,7 @@
 
     report = export_model(model, "sketchanet.safetensors", config)  # {"bytes", "fp32_bytes", "ratio"}
     model, config = load_export("sketchanet.safetensors")          # rebuilt from the file alone, in eval
+    model, config, report = load_export_packed("sketchanetfbin.safetensors")  # binary convs bit-packed
     load_export_into(model, "sketchanet.safetensors")               # into a model built from the same flags
 
 The file is a .safetensors file. Each binarized conv ``name`` is stored as its two-value code
@@ -45,6 +46,7 @@ import models
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "ExportError", "DABInferenceConv2d", "export_model", "load_export", "load_export_into",
+           "load_export_packed",
            "read_export", "pack_bits", "unpack_bits"]
 
 FORMAT = "dabnet-packed-1bit/1"
@@ -302,6 +304,14 @@ def load_export(path, device="cpu", *, inference_form=False):
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, replacement)
     return model.to(device).eval(), config
+
+
+def load_export_packed(path, device="cpu", *, fallback=False):
+    """``(model, config, report)``: the model of the export with its binary convs run bit-packed (AND +
+    popcount, see utils/packed.py), for inference code of your own. ``fallback=True`` runs the layers the
+    packed kernel does not cover dense (``report`` says which and why); otherwise they raise PackedError."""
+    from utils.packed import load_packed
+    return load_packed(path, device, fallback=fallback)
 
 
 def _rebuild(path, config, device):

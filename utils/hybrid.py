@@ -15,7 +15,7 @@ binarized weights AND a binarized input runs as XNOR + popcount and counts 1/64 
 other MAC counts fully: a conv with binarized weights but a real input, a conv with real weights (even
 behind a sign), a full-precision conv, a Linear layer. The equivalent MACs of a model are the sum over
 its convs and Linear layers of MACs x (1/64 if binary else 1); MACs per layer come from a forward of one
-sample (``utils.summary._count_macs``); pooling, BN, ReLU and additions are not counted. Making the input
+sample (``utils.summary.count_macs``); pooling, BN, ReLU and additions are not counted. Making the input
 of a conv with binarized weights real costs ``MACs x 63/64`` more; for a conv with real weights it is free.
 Internally costs are exact integers in 1/64 MAC units.
 
@@ -61,7 +61,7 @@ import opts
 from opts import UsageError
 from utils import build
 from utils.binloss import input_binarization_losses
-from utils.summary import _count_macs
+from utils.summary import count_macs
 
 __all__ = ["BINARY_MAC_DIVISOR", "METRICS", "PlanError", "layer_costs", "equivalent_macs", "plan_table",
            "plan_keep", "plan_budget", "binarized_inputs", "format_plan", "train_command", "plan_from_checkpoint",
@@ -81,7 +81,7 @@ class PlanError(ValueError):
 def layer_costs(model, inpsize, in_channels):
     """One row per conv and Linear layer of ``model`` in ``model.modules()`` order: ``{index (conv number, None
     for a Linear), name, kind, macs, binary_weight, binary_input}`` for ``in_channels`` x ``inpsize``^2 inputs."""
-    macs = _count_macs(model, inpsize, in_channels)
+    macs = count_macs(model, inpsize, in_channels)
     weights = {name for _, name, _, _ in binarize.binarized_layers(model)}
     inputs = {index for index, *_ in binarize.input_binarizers(model)}
     rows, conv_index = [], 0

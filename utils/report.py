@@ -288,7 +288,7 @@ def read_run(folder):
         "model": args["model_def"],
         "family": family_of(args["model_def"]),
         "weights": weights,
-        "binarizer": str(args.get("binarizer") or "dab") if weights not in ("fp", "abin") else "-",
+        "binarizer": _binarizer_text(args) if weights not in ("fp", "abin") else "-",
         "bin_layers": _bin_layers_text(args, weights),
         "activation": activation,
         "seed": args.get("manualSeed"),
@@ -311,6 +311,17 @@ def read_run(folder):
         if os.path.exists(os.path.join(folder, name)):
             run["losses"][key] = os.path.join(folder, name)
     return run
+
+
+def _binarizer_text(args):
+    """The weight binarizer with the parts that change it: ``sign+wsd+ede`` for SD-BNN's weights (the
+    shift and the EDE backward); ``dab`` for the original's setting (no shift, straight-through)."""
+    parts = [str(args.get("binarizer") or "dab")]
+    if args.get("weightShift") not in (None, "none"):
+        parts.append(str(args["weightShift"]))
+    if args.get("backward") not in (None, "ste"):
+        parts.append(str(args["backward"]))
+    return "+".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- table

@@ -92,7 +92,7 @@ def plan_run(args):
         except CheckpointError as exc:
             raise UsageError(f"{exc} (found by --resume auto)") from None
         path = plan.last_path
-    if args.start_epoch is not None and state is None:
+    if args.start_epoch and state is None:
         raise UsageError(f"--start-epoch {args.start_epoch} has no checkpoint behind it ({plan.last_path} does not "
                          f"exist); drop --start-epoch to start at epoch 0")
     plan.state, plan.resume_path = state, path

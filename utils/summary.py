@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 import binarize
 from models.blocks import dummy_forward
 
-__all__ = ["summarize", "format_summary"]
+__all__ = ["summarize", "format_summary", "count_macs"]
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -35,7 +35,7 @@ def _weight_shape(module):
     return tuple(module.weight.shape)
 
 
-def _count_macs(model, inpsize, in_channels):
+def count_macs(model, inpsize, in_channels):
     """``{module name: MACs}`` for every conv and Linear, from a forward of a plain copy of ``model``.
 
     The copy has its weight parametrizations removed, so the dummy forward neither solves any code nor
@@ -70,7 +70,7 @@ def summarize(model, inpsize, in_channels):
     """
     binarizers = {name: b for _, name, _, b in binarize.binarized_layers(model)}
     binary_inputs = {index for index, *_ in binarize.input_binarizers(model)}
-    macs = _count_macs(model, inpsize, in_channels)
+    macs = count_macs(model, inpsize, in_channels)
 
     rows, counted = [], set()
     conv_index = 0
