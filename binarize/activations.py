@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .functions import no_autocast
+from .registry import registrar
 from .surrogates import ApproxSignWindow, make_surrogate
 
 __all__ = ["ActivationBinarizer", "BinActive", "ApproxSign", "ASD", "DABActive", "ACTIVATIONS",
@@ -35,14 +36,7 @@ __all__ = ["ActivationBinarizer", "BinActive", "ApproxSign", "ASD", "DABActive",
 ACTIVATIONS = {}  # name -> class
 
 
-def register_activation_binarizer(cls):
-    """Class decorator: make ``cls`` available by ``cls.name`` (``--binActivation``, exports)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a name to be registered")
-    if ACTIVATIONS.get(cls.name, cls) is not cls:
-        raise ValueError(f"activation binarizer {cls.name!r} registered twice")
-    ACTIVATIONS[cls.name] = cls
-    return cls
+register_activation_binarizer = registrar(ACTIVATIONS, "activation binarizer")
 
 
 class _SignWithWindow(torch.autograd.Function):

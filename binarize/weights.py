@@ -33,6 +33,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .functions import _dab_solve, bnn, no_autocast, upper_mask, xnor
+from .registry import registrar
 from .surrogates import make_surrogate
 
 __all__ = ["WeightBinarizer", "DAB", "XNOR", "BNN", "Sign", "WeightShift", "FilterStats", "WEIGHT_BINARIZERS",
@@ -43,14 +44,7 @@ FilterStats = namedtuple("FilterStats", "k alpha beta n")  # per filter: K, alph
 WEIGHT_BINARIZERS = {}  # name -> class
 
 
-def register_weight_binarizer(cls):
-    """Class decorator: make ``cls`` available by ``cls.name`` (``--binarizer``, exports, summaries)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a name to be registered")
-    if WEIGHT_BINARIZERS.get(cls.name, cls) is not cls:
-        raise ValueError(f"weight binarizer {cls.name!r} registered twice")
-    WEIGHT_BINARIZERS[cls.name] = cls
-    return cls
+register_weight_binarizer = registrar(WEIGHT_BINARIZERS, "weight binarizer")
 
 
 def _per_filter(t):

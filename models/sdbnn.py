@@ -161,36 +161,6 @@ class ResNet20Block(nn.Module):
         return F.hardtanh(self.conv2(out) + out)
 
 
-class ResNet20(Classifier):
-    """SD-BNN's CIFAR ResNet-20: fp stem conv3x3 -> BN -> hardtanh, three stages of ResNet20Blocks
-    (16/32/64 channels), global average pool -> BatchNorm1d(64) -> Linear."""
-
-    activation_kwargs = {"reduction": 16}
-
-    def __init__(self, num_classes, in_channels, *, family, binary_inputs=()):
-        super().__init__(family, binary_inputs)
-        index = itertools.count(2)
-        self.conv1 = conv_unit(in_channels, RESNET20_STAGES[0][0], 3, 1, 1, relu=False)
-        cin = RESNET20_STAGES[0][0]
-        for s, (planes, stride) in enumerate(RESNET20_STAGES, start=1):
-            blocks = []
-            for b in range(RESNET20_BLOCKS):
-                blocks.append(ResNet20Block(cin, planes, stride if b == 0 else 1, self.binary_inputs, index))
-                cin = planes
-            setattr(self, f"layer{s}", nn.Sequential(*blocks))
-        self.bn = nn.BatchNorm1d(cin)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def init_parameters(self):
-        """SD-BNN's init (see ``_init_cifar_resnet``)."""
-        _init_cifar_resnet(self)
-
-    def logits(self, x):
-        x = F.hardtanh(self.conv1(x))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.bn(F.adaptive_avg_pool2d(x, 1).flatten(1)))
-
-
 class VGGSmall(Classifier):
     """SD-BNN's VGG-Small: six 3x3 convs (128, 128, 256, 256, 512, 512; conv 1 fp), each conv ->
     [MaxPool2d(2) after convs 2, 4, 6] -> BN -> hardtanh, then Linear(512 * 4 * 4, classes). The pool
@@ -249,36 +219,6 @@ class ResNet18Block(nn.Module):
         return F.hardtanh(self.conv2(out) + self.shortcut(x))
 
 
-class ResNet18Cifar(Classifier):
-    """SD-BNN's CIFAR ResNet-18: fp stem conv3x3/1 -> BN -> hardtanh, four stages of two ResNet18Blocks
-    (64/128/256/512), avg_pool2d(4) -> BatchNorm1d(512) -> Linear."""
-
-    activation_kwargs = {"reduction": 16}
-
-    def __init__(self, num_classes, in_channels, *, family, binary_inputs=()):
-        super().__init__(family, binary_inputs)
-        index = itertools.count(2)
-        self.conv1 = conv_unit(in_channels, RESNET18_STAGES[0][0], 3, 1, 1, relu=False)
-        cin = RESNET18_STAGES[0][0]
-        for s, (planes, stride) in enumerate(RESNET18_STAGES, start=1):
-            blocks = []
-            for b in range(RESNET18_BLOCKS):
-                blocks.append(ResNet18Block(cin, planes, stride if b == 0 else 1, self.binary_inputs, index))
-                cin = planes
-            setattr(self, f"layer{s}", nn.Sequential(*blocks))
-        self.bn = nn.BatchNorm1d(cin)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def init_parameters(self):
-        """SD-BNN's init (see ``_init_cifar_resnet``)."""
-        _init_cifar_resnet(self)
-
-    def logits(self, x):
-        x = F.hardtanh(self.conv1(x))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.bn(F.avg_pool2d(x, RESNET18_POOL).flatten(1)))
-
-
 class BiRealBlock(nn.Module):
     """One binary conv with its own shortcut: ``PReLU(BN(conv(x)) + sc(x))``, ``sc`` the identity or
     AvgPool2d(stride, ceil_mode) -> 1x1 conv -> BN (full precision by default); PReLU per channel."""
@@ -298,48 +238,73 @@ class BiRealBlock(nn.Module):
         return self.prelu(self.conv(x) + self.shortcut(x))
 
 
-class BiRealNet18(Classifier):
-    """Bi-Real-18 as SD-BNN trains it on ImageNet: fp stem conv7x7/2 -> BN -> MaxPool(3, 2, 1), four
-    stages of four BiRealBlocks (64/128/256/512, strides 1/2/2/2), global average pool -> Linear."""
+@torch.no_grad()
+def _init_bireal(model):
+    """Our choice (SD-BNN's file keeps torch's defaults, its binary latent weights U(0, 0.001)):
+    Kaiming-normal convs (fan_out, ReLU gain), as torchvision's ResNets; BN 1/0; the Linear and the
+    PReLUs (0.25) at torch's defaults, drawn afresh."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.Linear, nn.PReLU)):
+            m.reset_parameters()
+    for bn in _batch_norms(model):
+        nn.init.ones_(bn.weight)
+        nn.init.zeros_(bn.bias)
 
-    activation_kwargs = {"reduction": 8}
 
-    def __init__(self, num_classes, in_channels, *, family, binary_inputs=()):
+class ResidualNet(Classifier):
+    """The three residual families, one definition: an fp stem conv -> BN (-> hardtanh on CIFAR, -> max-pool
+    on ImageNet), stages of ``block``s (their first block strided), then the head: average pool (global,
+    or ``pool`` x ``pool``) -> [BatchNorm1d] -> Linear. The layouts are in ``RESIDUAL``:
+
+    - resnet20: stem 3x3/1 + hardtanh; 3 stages (16/32/64) of 3 ResNet20Blocks; global pool, BatchNorm1d;
+    - resnet18_cifar: stem 3x3/1 + hardtanh; 4 stages (64..512) of 2 ResNet18Blocks; avg_pool2d(4), BatchNorm1d;
+    - birealnet18: stem 7x7/2 + max-pool(3, 2, 1); 4 stages of 4 BiRealBlocks; global pool, no BatchNorm1d.
+    """
+
+    def __init__(self, num_classes, in_channels, *, family, binary_inputs=(), stem, stages, blocks, block,
+                 stem_pool=False, pool=None, head_bn=True, reduction=16, init=_init_cifar_resnet):
         super().__init__(family, binary_inputs)
+        self.activation_kwargs = {"reduction": reduction}
+        self._init, self._pool, self._stem_pool = init, pool, stem_pool
         index = itertools.count(2)
-        self.conv1 = conv_unit(in_channels, BIREAL18_STAGES[0][0], 7, 2, 3, relu=False)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = BIREAL18_STAGES[0][0]
-        for s, (planes, stride) in enumerate(BIREAL18_STAGES, start=1):
-            blocks = []
-            for b in range(BIREAL18_BLOCKS):
-                blocks.append(BiRealBlock(cin, planes, stride if b == 0 else 1, self.binary_inputs, index))
+        self.conv1 = conv_unit(in_channels, stages[0][0], *stem, relu=False)
+        if stem_pool:
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = stages[0][0]
+        for s, (planes, stride) in enumerate(stages, start=1):
+            layer = []
+            for b in range(blocks):
+                layer.append(block(cin, planes, stride if b == 0 else 1, self.binary_inputs, index))
                 cin = planes
-            setattr(self, f"layer{s}", nn.Sequential(*blocks))
+            setattr(self, f"layer{s}", nn.Sequential(*layer))
+        self.num_stages = len(stages)
+        if head_bn:
+            self.bn = nn.BatchNorm1d(cin)
         self.fc = nn.Linear(cin, num_classes)
 
-    @torch.no_grad()
     def init_parameters(self):
-        """Our choice (SD-BNN's file keeps torch's defaults, its binary latent weights U(0, 0.001)):
-        Kaiming-normal convs (fan_out, ReLU gain), as torchvision's ResNets; BN 1/0; the Linear and the
-        PReLUs (0.25) at torch's defaults, drawn afresh."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.Linear, nn.PReLU)):
-                m.reset_parameters()
-        for bn in _batch_norms(self):
-            nn.init.ones_(bn.weight)
-            nn.init.zeros_(bn.bias)
+        """SD-BNN's init for the CIFAR ResNets (``_init_cifar_resnet``), ours for Bi-Real (``_init_bireal``)."""
+        self._init(self)
 
     def logits(self, x):
-        x = self.maxpool(self.conv1(x))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        x = self.maxpool(self.conv1(x)) if self._stem_pool else F.hardtanh(self.conv1(x))
+        for s in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{s}")(x)
+        x = F.adaptive_avg_pool2d(x, 1) if self._pool is None else F.avg_pool2d(x, self._pool)
+        x = x.flatten(1)
+        return self.fc(self.bn(x) if hasattr(self, "bn") else x)
 
 
-ARCHITECTURES = {"resnet20": ResNet20, "vgg_small": VGGSmall, "resnet18_cifar": ResNet18Cifar,
-                 "birealnet18": BiRealNet18}
+RESIDUAL = {  # family -> ResidualNet's layout: stem (kernel, stride, padding), stages, blocks, ...
+    "resnet20": dict(stem=(3, 1, 1), stages=RESNET20_STAGES, blocks=RESNET20_BLOCKS, block=ResNet20Block),
+    "resnet18_cifar": dict(stem=(3, 1, 1), stages=RESNET18_STAGES, blocks=RESNET18_BLOCKS, block=ResNet18Block,
+                           pool=RESNET18_POOL),
+    "birealnet18": dict(stem=(7, 2, 3), stem_pool=True, stages=BIREAL18_STAGES, blocks=BIREAL18_BLOCKS, block=BiRealBlock,
+                        head_bn=False, reduction=8, init=_init_bireal),
+}
+ARCHITECTURES = {"vgg_small": VGGSmall, **{name: partial(ResidualNet, **layout) for name, layout in RESIDUAL.items()}}
 
 for name, (family_name, binarized) in VARIANTS.items():
     family = FAMILIES[family_name]

@@ -26,6 +26,16 @@ from utils import dist
 __all__ = ["input_binarization_losses", "weight_binarization_losses", "report_losses"]
 
 
+def _run_with_hooks(model, loader, device, channels_last, hooks):
+    """Run ``model`` over ``loader`` with the forward ``hooks`` ({module: hook}) attached, then remove them."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        run_over(model, loader, device, channels_last)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def input_binarization_losses(model, loader, device, *, channels_last=False):
     """Per conv with a binarized input: ``[{index, name, rmse, nrmse, err_1mx2}]`` over ``loader``."""
@@ -42,12 +52,7 @@ def input_binarization_losses(model, loader, device, *, channels_last=False):
             sums[slot, 3] += x.shape[0]
         return hook
 
-    handles = [b.register_forward_hook(hook_for(s)) for s, (*_, b) in enumerate(slots)]
-    try:
-        run_over(model, loader, device, channels_last)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_hooks(model, loader, device, channels_last, {b: hook_for(s) for s, (*_, b) in enumerate(slots)})
     flat = dist.all_sum(list(sums.flatten()), device)
     out = []
     for s, (index, name, *_) in enumerate(slots):
@@ -75,12 +80,8 @@ def weight_binarization_losses(model, loader, device, *, channels_last=False):
             sums[slot, 1] += output.numel()
         return hook
 
-    handles = [conv.register_forward_hook(hook_for(slot, conv)) for slot, (_, _, conv, _) in enumerate(layers)]
-    try:
-        run_over(model, loader, device, channels_last)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_hooks(model, loader, device, channels_last,
+                    {conv: hook_for(slot, conv) for slot, (_, _, conv, _) in enumerate(layers)})
     flat = dist.all_sum(list(sums.flatten()), device)
     return [dict(index=index, name=name, rmse=math.sqrt(flat[2 * s] / max(flat[2 * s + 1], 1)))
             for s, (index, name, _, _) in enumerate(layers)]
