@@ -8,14 +8,18 @@
 - A last batch holding fewer than 2 samples per process is dropped (BatchNorm cannot train on one
   sample); the shuffle changes which sample is left out from one epoch to the next.
 - ``EpochBatches.set_epoch(epoch, start_step)`` starts an epoch at a given step.
-- Worker processes ignore SIGINT, SIGTERM and SIGUSR1: the main process finishes its step and saves
-  before the workers are shut down.
+- Worker processes outlive the stop signals sent to the whole process group (SIGINT, SIGUSR1, and a
+  SIGTERM from anyone but their parent): the main process finishes its step and saves before the
+  workers are shut down. Their parent's SIGTERM (how torch and multiprocessing end a worker that did
+  not stop politely, as at interpreter exit) still ends them, so a run never hangs on exit.
 
 Validation shards the val set without padding (``ShardSampler``), so each image is counted once.
 """
 
 import math
+import os
 import signal
+import threading
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -113,8 +117,28 @@ class ShardSampler(Sampler):
 
 
 def _quiet_worker(worker_id):
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    """Ignore the group's stop requests; end on the parent's SIGTERM only (see the module's docstring).
+
+    A worker inherits the main process's Python handlers (utils.run.StopRequest), which would turn a
+    SIGTERM into a flag nobody reads; ignoring SIGTERM outright instead makes multiprocessing's exit
+    (terminate, then join) wait for ever. So SIGTERM is blocked here and a thread reads who sent it.
+    """
+    for sig in (signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: a group SIGTERM ends the workers too
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), daemon=True,
+                     name="sigterm-from-parent").start()
+
+
+def _end_on_sigterm_from(parent):
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    # SIGTERM is blocked in every other thread: unblocked here, it takes its default action (exit -15).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def make_loaders(train, val, *, batch_size, test_batch_size, workers, seed, rank=0, world=1, pin=False):
