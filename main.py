@@ -75,6 +75,8 @@ def run(args, stop):
     plan = plan_run(args)
     build.check_model(args)
     rank, world, device = build.join_processes(device)
+    if device.type == "cpu":
+        build.keep_freed_memory()
     say = print if rank == 0 else (lambda *a, **k: None)
     if note:
         say(note)

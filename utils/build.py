@@ -39,6 +39,27 @@ def device_and_amp(args):
     return device, AMP[args.amp]
 
 
+def keep_freed_memory():
+    """Have glibc's malloc keep freed memory for reuse instead of returning it to the system.
+
+    A CPU training step allocates and frees activations of tens to hundreds of MB; by default glibc
+    maps each with mmap and unmaps it when freed, so every step pays the page faults of touching them
+    afresh. Keeping the heap (no mmap, no trimming) made a ResNet-18 step 21% faster on our 2-core CPU
+    and the fbin model's extra cost over fp 3x smaller (bench/bench_train.py). The process's peak memory
+    is unchanged; it is just not returned until the run ends. A no-op where malloc is not glibc's.
+    """
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def join_processes(device):
     """Join torchrun's process group; returns ``(rank, world, device)`` with this rank's GPU."""
     rank, world, local_rank = dist.init(device.type)
