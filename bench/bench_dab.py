@@ -57,6 +57,9 @@ def main(argv=None):
         parser.error("--device cuda was asked for but CUDA is not available; use --device cpu")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    if device.type == "cpu":
+        from utils.build import keep_freed_memory
+        keep_freed_memory()  # as main.py does on the CPU: no page faults on each call's fresh buffers
     dtype = getattr(torch, args.dtype)
     gen = torch.Generator().manual_seed(0)
     weights = [(torch.randn(o, i, k, k, generator=gen) * (2.0 / (o * k * k)) ** 0.5).to(device, dtype)
