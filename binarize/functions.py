@@ -58,11 +58,12 @@ def exact(solver):
 
 @exact
 def _dab_solve(weight, hint=None):
-    """The DAB solve: ``(w_hat, alpha, beta, k, order)``, ``order`` the descending sort permutation.
+    """The DAB solve: ``(w_hat, alpha, beta, k, order, e)``, ``order`` the descending sort permutation of
+    each filter and ``e`` its upper-group mask (bool, [C_out, n]).
 
-    One ``torch.sort`` per call for all filters of the layer; no Python loop over filters. The code is
-    built in sorted order (K times alpha, then beta) and scattered back once; every other step is a
-    plain pass over the prefix sums (the broadcasting ``where``/``addcmul`` forms are slower on CPU).
+    One ``torch.sort`` per call for all filters of the layer; no Python loop over filters. After it, two
+    passes over the prefix sums choose K and one compare against each filter's K-th largest value gives
+    the mask, from which the code is written in one pass.
 
     ``hint``: a permutation that nearly sorts the rows (the previous step's ``order`` during training);
     the rows are sorted in that order, which takes about half the time of sorting them afresh. The
@@ -82,7 +83,7 @@ def _dab_solve(weight, hint=None):
         values = rows[:, 0]
         k = torch.ones(c_out, dtype=torch.long, device=device)
         order = torch.zeros_like(rows, dtype=torch.long)
-        return weight.clone(), values.clone(), values.clone(), k, order
+        return weight.clone(), values.clone(), values.clone(), k, order, torch.ones_like(rows, dtype=torch.bool)
 
     if hint is not None and hint.shape == rows.shape and hint.device == rows.device:
         sorted_vals, within = torch.sort(rows.gather(1, hint), dim=1, descending=True)
@@ -103,13 +104,18 @@ def _dab_solve(weight, hint=None):
     alpha = upper_sum / k
     beta = (total - upper_sum) / (n - k)
 
-    # In sorted order the code is clamp(K - i, 0, 1) * (alpha - beta) + beta: alpha for i < K, beta after.
-    in_sorted = (k.unsqueeze(1).to(acc) - torch.arange(n, device=device, dtype=acc)).clamp_(0, 1)
-    gap = alpha - beta
-    in_sorted = in_sorted.mul_(gap.unsqueeze(1)).add_(beta.unsqueeze(1)).to(weight.dtype)
-    w_hat = torch.empty_like(rows).scatter_(1, order, in_sorted)
-    alpha = gap + beta  # the value the code holds, bit for bit (the group mean up to one rounding)
-    return w_hat.reshape(weight.shape), alpha.to(weight.dtype), beta.to(weight.dtype), k, order
+    gap, low = (alpha - beta).to(weight.dtype), beta.to(weight.dtype)
+    alpha = gap + low  # the value the code holds, bit for bit (the group mean up to two roundings)
+    # The upper group is every value >= the K-th largest unless that equals the (K+1)-th (equal values
+    # straddling the split); then, and on GPUs (where checking would cost a host sync), the mask comes
+    # through the permutation. On the CPU one compare replaces a scatter.
+    kth = sorted_vals.gather(1, best)
+    if device.type == "cpu" and not bool((sorted_vals.gather(1, best + 1) == kth).any()):
+        mask = rows >= kth
+    else:
+        mask = upper_mask(order, k)
+    w_hat = torch.mul(mask, gap.unsqueeze(1)).add_(low.unsqueeze(1))  # beta + e (alpha - beta)
+    return w_hat.reshape(weight.shape), alpha, low, k, order, mask
 
 
 def upper_mask(order, k):
@@ -130,8 +136,8 @@ def dab(weight):
 
 def dab_with_mask(weight):
     """:func:`dab` plus the upper-group mask ``e`` (bool, the shape of ``weight``)."""
-    w_hat, alpha, beta, k, order = _dab_solve(weight)
-    return w_hat, alpha, beta, k, upper_mask(order, k).reshape(weight.shape)
+    w_hat, alpha, beta, k, _, mask = _dab_solve(weight)
+    return w_hat, alpha, beta, k, mask.reshape(weight.shape)
 
 
 def _sign_code(weight):

@@ -32,7 +32,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .functions import _dab_solve, bnn, no_autocast, upper_mask, xnor
+from .functions import _dab_solve, bnn, no_autocast, xnor
 from .registry import registrar
 from .surrogates import make_surrogate
 
@@ -186,13 +186,11 @@ class DAB(WeightBinarizer):
 
     def solve(self, rows):
         # The last solve's permutation nearly sorts the next step's weights: a warm start halves the sort.
-        hint = getattr(self, "_order", None)
-        out = _dab_solve(rows, hint)
-        self._order = out[4]
-        return out
+        w_hat, alpha, beta, k, self._order, mask = _dab_solve(rows, getattr(self, "_order", None))
+        return w_hat, alpha, beta, k, mask
 
     def grad_scale(self, rows, alpha, beta, k, saved, window):
-        (order,) = saved
+        (mask,) = saved
         n, c = rows.shape[1], self.centring
         # scale = lower + e * (upper - lower), each branch c (1/|group| + |mean| win); in place, with the
         # per-filter constants folded together (no broadcasting where/addcmul: slow on CPU).
@@ -200,7 +198,7 @@ class DAB(WeightBinarizer):
         a_up, a_lo = c / kf, c / (n - kf).clamp_min(1)  # n - K == 0 only when n == 1
         b_up, b_lo = c * alpha.abs(), c * beta.abs()
         scale = window * _per_filter(b_up - b_lo)
-        scale.add_(_per_filter(a_up - a_lo)).mul_(upper_mask(order, k))
+        scale.add_(_per_filter(a_up - a_lo)).mul_(mask)
         return scale.add_(window.mul_(_per_filter(b_lo))).add_(_per_filter(a_lo))
 
     @classmethod

@@ -352,3 +352,15 @@ def test_a_warm_started_solve_gives_the_same_code_as_a_cold_one():
         cold, warm = _dab_solve(rows), _dab_solve(rows, hint)
         assert all(torch.equal(a, b) for a, b in zip(cold[:4], warm[:4]))
         assert torch.equal(rows.gather(1, warm[4]), rows.gather(1, cold[4]))  # both sort the rows
+
+
+def test_the_upper_group_mask_is_the_first_k_of_the_sort_with_and_without_ties():
+    """On the CPU the mask comes from one compare against the K-th largest value, unless equal values
+    straddle the split (then from the permutation); both must be the K first of the sort."""
+    from binarize.functions import _dab_solve, upper_mask
+    gen = torch.Generator().manual_seed(12)
+    for rows in (torch.randn(64, 300, generator=gen), torch.randint(-4, 5, (64, 37), generator=gen) * 0.25,
+                 torch.ones(3, 5)):
+        w_hat, alpha, beta, k, order, mask = _dab_solve(rows)
+        assert torch.equal(mask, upper_mask(order, k)) and torch.equal(mask.sum(1), k)
+        assert torch.equal(w_hat, torch.where(mask, alpha[:, None], beta[:, None]))  # the code holds alpha
