@@ -141,7 +141,9 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
                        resume_epoch=start if plan.state is not None else None)
     say(f"run folder {plan.log_dir}, checkpoints in {plan.store}")
     if plan.state is not None:
-        say(f"resumed from {plan.resume_path} at epoch {start}" + (f", step {step} of {batches.steps}" if step else ""))
+        # Epochs counted from 1, as the stop message counts them.
+        say(f"resumed from {plan.resume_path} " + (f"at epoch {start + 1}, step {step} of {batches.steps}" if step
+                                                   else f"after epoch {start}"))
     if batches.drops_tail:
         say("note: the last training batch of each epoch would hold 1 sample per process; it is dropped "
             "(BatchNorm needs 2), and the shuffle changes which sample that is")

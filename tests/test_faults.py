@@ -103,7 +103,7 @@ def test_signal_mid_epoch_then_resume_auto_equals_the_uninterrupted_run(sig, wor
     assert (state["epoch"], state["step"]) == (1, 2)
     monkeypatch.undo()
     assert main.main(argv + ["--resume", "auto"]) == 0
-    assert "resumed from" in capsys.readouterr().out
+    assert "at epoch 2, step 2 of 5" in capsys.readouterr().out.split("resumed from", 1)[1]  # counted alike
     assert_same_weights(weights(tmp_path), weights(uninterrupted[workers]))
     assert epochs_logged(tmp_path) == [1, 2, 3]
     straight, resumed = events(uninterrupted[workers]), events(tmp_path)
@@ -276,7 +276,7 @@ def test_resume_without_name_continues_its_own_run_and_touches_no_other(data, tm
                       "--model_def", "nin", "--inpsize", "32", "--binaryWeight", "--batch-size", "4",
                       "--workers", "0"]) == 0
     out = capsys.readouterr().out
-    assert f"run folder {tmp_path / 'mine' / 'logs' / 'run'}" in out and f"resumed from {last} at epoch 1" in out
+    assert f"run folder {tmp_path / 'mine' / 'logs' / 'run'}" in out and f"resumed from {last} after epoch 1" in out
     assert torch.load(last, weights_only=True)["epoch"] == 2
     assert epochs_logged(tmp_path / "mine") == [1, 2]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "savedmodels").exists()
