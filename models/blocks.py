@@ -90,6 +90,18 @@ def size_range(ops, final=1, limit=4096):
     return valid[0], valid[-1]
 
 
+def add_stages(net, stages, blocks, block, cin, index):
+    """``net.layer1..layerN``: per stage ``(planes, stride)``, ``blocks`` blocks, the first one with the
+    stride; ``block(cin, planes, stride, binary_inputs, index)``. Returns the last stage's width."""
+    for s, (planes, stride) in enumerate(stages, start=1):
+        layer = []
+        for b in range(blocks):
+            layer.append(block(cin, planes, stride if b == 0 else 1, net.binary_inputs, index))
+            cin = planes
+        setattr(net, f"layer{s}", nn.Sequential(*layer))
+    return cin
+
+
 class Classifier(nn.Module):
     """Base of every model: checks the input size and returns log-probabilities of ``self.logits(x)``.
 

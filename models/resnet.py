@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from .blocks import Classifier, Family, conv_unit, size_range
+from .blocks import Classifier, Family, add_stages, conv_unit, size_range
 
 STAGES = [(64, 1), (128, 2), (256, 2), (512, 2)]  # (planes, stride of the first block); two blocks each
 BLOCKS_PER_STAGE = 2
@@ -77,13 +77,7 @@ class ResNet18(Classifier):
         index = itertools.count(2)
         self.conv1 = conv_unit(in_channels, 64, 7, 2, 3)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for s, (planes, stride) in enumerate(STAGES, start=1):
-            blocks = []
-            for b in range(BLOCKS_PER_STAGE):
-                blocks.append(BasicBlock(cin, planes, stride if b == 0 else 1, self.binary_inputs, index))
-                cin = planes
-            setattr(self, f"layer{s}", nn.Sequential(*blocks))
+        cin = add_stages(self, STAGES, BLOCKS_PER_STAGE, BasicBlock, 64, index)
         self.avgpool = nn.AvgPool2d(POOL_SIZE)
         self.fc = nn.Conv2d(cin, num_classes, 1, bias=fc_bias)
 

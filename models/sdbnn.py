@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from .blocks import Classifier, Family, conv_unit, size_range, spatial_out
+from .blocks import Classifier, Family, add_stages, conv_unit, size_range, spatial_out
 
 MAX_INPSIZE = 4095  # global pooling bounds nothing above; the largest side size_range considers
 
@@ -272,13 +272,7 @@ class ResidualNet(Classifier):
         self.conv1 = conv_unit(in_channels, stages[0][0], *stem, relu=False)
         if stem_pool:
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = stages[0][0]
-        for s, (planes, stride) in enumerate(stages, start=1):
-            layer = []
-            for b in range(blocks):
-                layer.append(block(cin, planes, stride if b == 0 else 1, self.binary_inputs, index))
-                cin = planes
-            setattr(self, f"layer{s}", nn.Sequential(*layer))
+        cin = add_stages(self, stages, blocks, block, stages[0][0], index)
         self.num_stages = len(stages)
         if head_bn:
             self.bn = nn.BatchNorm1d(cin)
