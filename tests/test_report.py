@@ -314,7 +314,7 @@ def test_many_runs_share_a_legend_entry_per_seed_group(tmp_path):
 
 
 def test_report_of_real_runs_of_main(tmp_path):
-    """Two 2-epoch runs of main.py (DAB and XNOR weights) and two SD-BNN-style ablations of one model:
+    """2-epoch runs of main.py (full precision, DAB and XNOR weights) and two SD-BNN-style ablations of one model:
     results.csv equals each final.json, the improvement row is DAB minus XNOR, the parts that change a
     binarizer (shift, EDE) keep runs apart, and every figure is drawn from the logged per-filter statistics."""
     import main
@@ -323,7 +323,8 @@ def test_report_of_real_runs_of_main(tmp_path):
                           subdir="tuberlin", size=32))
     common = ["--dataset", "tuberlin", "--data_dir", data, "--inpsize", "32", "--epochs", "2", "--batch-size", "4",
               "--testbatchsize", "4", "--workers", "0", "--logdir", str(tmp_path / "runs")]
-    configs = {"nin_dab": ["--model_def", "nin", "--binaryWeight", "--binarizer", "dab",
+    configs = {"nin_fp": ["--model_def", "nin", "--no-binaryWeight"],
+               "nin_dab": ["--model_def", "nin", "--binaryWeight", "--binarizer", "dab",
                            "--calculateBinarizationLosses"],
                "nin_xnor": ["--model_def", "nin", "--binaryWeight", "--binarizer", "xnor"],
                "r20_sign": ["--model_def", "resnet20_1w1a", "--binarizer", "sign"],
@@ -333,7 +334,8 @@ def test_report_of_real_runs_of_main(tmp_path):
         assert main.main(common + extra + ["--name", name, "--store", str(tmp_path / "ckpt" / name)]) == 0
     out = tmp_path / "report"
     result = rp.report([str(tmp_path / "runs")], str(out))
-    assert not result["skipped"]
+    assert not result["skipped"]  # the fp run has no per-filter statistics, and none are missed
+    assert not (tmp_path / "runs" / "nin_fp" / "filters").exists()
     rows = {r["run"]: r for r in read_csv(out / "results.csv")}
     for name in configs:
         final = json.loads((tmp_path / "runs" / name / "final.json").read_text())

@@ -43,7 +43,7 @@ class RunLogger:
         self.folder, self.enabled, self.writer = folder, enabled, None
         if not enabled:
             return
-        os.makedirs(os.path.join(folder, "filters"), exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "args.json"), "w") as f:
             json.dump(args_dict, f, indent=2, sort_keys=True, default=str)
         self.csv_path = os.path.join(folder, "metrics.csv")
@@ -70,7 +70,7 @@ class RunLogger:
     def _drop_after(self, epoch):
         """Remove what an interrupted run wrote past ``epoch``: later per-filter files and final.json."""
         filters = os.path.join(self.folder, "filters")
-        for entry in os.listdir(filters):
+        for entry in os.listdir(filters) if os.path.isdir(filters) else ():
             if entry.startswith("epoch_") and entry.endswith(".npz") and int(entry[6:10]) > epoch:
                 os.remove(os.path.join(filters, entry))
         final = os.path.join(self.folder, "final.json")
@@ -122,7 +122,8 @@ class RunLogger:
                 self.writer.add_histogram(f"filters/{tag}/k_frac", k / s["n"], step)
                 self.writer.add_histogram(f"filters/{tag}/alpha", arrays[f"{tag}_alpha"], step)
                 self.writer.add_histogram(f"filters/{tag}/beta", arrays[f"{tag}_beta"], step)
-        folder = os.path.join(self.folder, "filters")
+        folder = os.path.join(self.folder, "filters")  # only runs with binarized layers have one
+        os.makedirs(folder, exist_ok=True)
         np.savez(os.path.join(folder, f"epoch_{step:04d}.npz"), **arrays)
         self.write_json(os.path.join("filters", "layers.json"), layers)
 

@@ -305,7 +305,8 @@ def read_run(folder):
         "metrics": rows,
         "variant": None if weights == "fp" else _variant_name(weights, args["model_def"]),
     }
-    run["filters"] = os.path.join(folder, "filters") if os.path.isdir(os.path.join(folder, "filters")) else None
+    filters = os.path.join(folder, "filters")  # runs of older versions have an empty one without binarized layers
+    run["filters"] = filters if os.path.isdir(filters) and os.listdir(filters) else None
     run["losses"] = {}
     for key, name in (("input", "binarization_losses.json"), ("weight", "weight_binarization_losses.json")):
         if os.path.exists(os.path.join(folder, name)):
