@@ -54,7 +54,7 @@ def _per_filter(t):
 class _BinarizeRows(torch.autograd.Function):
     """Forward: ``binarizer.solve``; backward: ``binarizer.grad_scale`` times the incoming gradient.
 
-    The solve runs once, in the forward; what it saves (a sort permutation, K, alpha, beta) serves the
+    The solve runs once, in the forward; what it saves (K, alpha, beta, DAB's upper-group mask) serves the
     backward, so a training step sorts each layer's weight exactly once.
     """
 
