@@ -45,8 +45,9 @@ def keep_freed_memory():
     A CPU training step allocates and frees activations of tens to hundreds of MB; by default glibc
     maps each with mmap and unmaps it when freed, so every step pays the page faults of touching them
     afresh. Keeping the heap (no mmap, no trimming) made a ResNet-18 step 21% faster on our 2-core CPU
-    and the fbin model's extra cost over fp 3x smaller (bench/bench_train.py). The process's peak memory
-    is unchanged; it is just not returned until the run ends. A no-op where malloc is not glibc's.
+    and the fbin model's extra cost over fp 3x smaller (bench/bench_train.py). Freed memory is not returned
+    to the system until the run ends, so the resident size stays near the peak (heap fragmentation can
+    add to it). A no-op where malloc is not glibc's.
     """
     import ctypes
     import ctypes.util
