@@ -25,13 +25,16 @@ from torch import nn
 import binarize
 import datasets
 import opts
-from opts import UsageError
+from utils.errors import UsageError
 from train import LossNotFinite, evaluate, train_one_epoch
-from utils import build, dist
-from utils.binloss import report_losses
-from utils.checkpoint import CheckpointError, CheckpointWriteError, TrainingCheckpoints
+from launch import build
+from utils import dist
+from analysis.binerrors import report_losses
+from utils.checkpoint import TrainingCheckpoints
+from utils.errors import CheckpointError, CheckpointWriteError
 from utils.log import RunLogger
-from utils.run import StopRequest, plan_run, prepare_folders
+from launch.folders import plan_run, prepare_folders
+from utils.signals import StopRequest
 from utils.schedule import lr_at
 
 
@@ -69,7 +72,7 @@ def main(argv=None):
 def run(args, stop):
     device, amp = build.device_and_amp(args)
     if args.summary or args.export:
-        from utils.compress import compress_command
+        from launch.tools import compress_command
         return compress_command(args)
     note = build.input_size_note(args)
     plan = plan_run(args)
@@ -109,7 +112,7 @@ def run(args, stop):
 def load_network(args, bundle, plan, say):
     """The network with the weights it starts from: a resumed checkpoint, a pretrained file or an export."""
     if args.packed != "off":
-        from utils.compress import packed_model
+        from launch.tools import packed_model
         return packed_model(args, say)
     model = build.network(args, bundle.num_classes, bundle.num_channels)
     if plan.state is not None:

@@ -14,6 +14,7 @@ import sys
 import binarize
 import datasets
 import models
+from utils.errors import UsageError  # noqa: F401  (re-exported: opts.UsageError is public)
 from utils.schedule import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "adamax", "adadelta")
@@ -24,10 +25,6 @@ CRITERIA = {"nllloss": "nll", "crossentropy": "crossentropy"}
 REFUSED_CRITERIA = ("tripletmargin", "mse", "hingeembedding", "kldiv")
 # --binarizer sdbnn: SD-BNN's binary conv (Xue et al., 2022) as a preset of the separate parts.
 PRESETS = {"sdbnn": dict(binarizer="sign", weightShift="wsd", binActivation="asd", backward="ede")}
-
-
-class UsageError(ValueError):
-    """A bad command line or bad input: reported as one line, exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -325,6 +322,38 @@ def _check_name(name):
     if os.path.isabs(name) or any(part in ("", ".", "..") for part in parts):
         raise UsageError(f"--name {name!r} must be a relative name inside --logdir and --store (no absolute path, "
                          f"no '..', no empty parts); for example --name my_run or --name sweep/run1")
+
+
+# Options that to_argv leaves out: aliases and derived values (their resolved forms are written instead).
+DERIVED = ("lr", "cuda", "testOnly", "bnnModel", "binStart", "binEnd")
+
+
+def to_argv(options, *, skip=DERIVED):
+    """The flags that reproduce ``options`` (a resolved configuration, e.g. ``vars(parse(...))`` or a run's
+    args.json): ``parse(to_argv(vars(parse(argv))))`` resolves to the same values. Options in ``skip`` and
+    options equal to None are left out."""
+    argv = []
+    for action in get_parser()._actions:
+        dest = action.dest
+        if dest not in options or dest in skip or not action.option_strings or dest == "help":
+            continue
+        value, flag = options[dest], next((s for s in action.option_strings if s.startswith("--")),
+                                          action.option_strings[0])
+        if isinstance(action, argparse._StoreTrueAction):
+            argv += [flag] if value else []
+        elif isinstance(action, argparse._StoreFalseAction):
+            argv += [] if value else [flag]
+        elif isinstance(action, (BoolFlag, argparse.BooleanOptionalAction)):
+            argv += [] if value is None else [flag if value else f"--no-{flag[2:]}"]
+        elif value is None:
+            continue
+        elif action.type is index_list:
+            argv += [flag, ",".join(str(i) for i in value) or "none"]
+        elif dest == "weightShift" and value is None:
+            argv += [flag, "none"]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def parse(argv=None):

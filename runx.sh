@@ -140,13 +140,13 @@ launch_sdbnn() {
 }
 
 # Hybrid Binary Networks from data: train the fully binarized Sketch-A-Net, measure which binarized inputs
-# err most and plan (python -m utils.hybrid, default --keep 2), then train the hybrid the plan gives.
+# err most and plan (python -m analysis.hybrid, default --keep 2), then train the hybrid the plan gives.
 autohybrid() {
     local plan_flags=("$@")
     [[ ${#plan_flags[@]} -gt 0 ]] || plan_flags=(--keep 2)
     launch tuberlin_sketchanetfbin_dab
     local plan
-    plan=$(python3 -m utils.hybrid savedmodels/tuberlin_sketchanetfbin_dab/best.pth "${plan_flags[@]}" \
+    plan=$(python3 -m analysis.hybrid savedmodels/tuberlin_sketchanetfbin_dab/best.pth "${plan_flags[@]}" \
            | tee textlogs/tuberlin_sketchanetfbin_dab_plan.txt | awk '/^--binInputs /{print $2}')
     [[ -n $plan ]] || { echo "runx.sh: the planner gave no plan (see textlogs/tuberlin_sketchanetfbin_dab_plan.txt)" >&2; exit 1; }
     RUN_NAME="tuberlin_sketchanet_autohybrid_${plan//,/_}" launch tuberlin_sketchanetfbin_dab --binInputs "$plan"
@@ -156,7 +156,7 @@ case ${1:-} in
     ""|-h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     list) runs ;;
     all) shift; for name in $(runs); do launch "$name" "$@"; done ;;
-    report) shift; python3 -m utils.report runs --out "${REPORT_DIR:-results}" "$@" ;;
+    report) shift; python3 -m analysis.report runs --out "${REPORT_DIR:-results}" "$@" ;;
     autohybrid) shift; autohybrid "$@" ;;
     *) name=$1; shift
        runs | grep -qx "$name" || { echo "runx.sh: unknown run '$name'; see 'bash runx.sh list'" >&2; exit 2; }

@@ -58,7 +58,7 @@ def main(argv=None):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     if device.type == "cpu":
-        from utils.build import keep_freed_memory
+        from launch.build import keep_freed_memory
         keep_freed_memory()  # as main.py does on the CPU: no page faults on each call's fresh buffers
     dtype = getattr(torch, args.dtype)
     gen = torch.Generator().manual_seed(0)

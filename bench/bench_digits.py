@@ -52,7 +52,7 @@ def run(argv):
     parser.add_argument("--suite", default="dab", choices=sorted(SUITES))
     parser.add_argument("--configs", nargs="+", default=None, help="default: every configuration of the suite")
     parser.add_argument("--out", default=None, help="keep the run folders here (default: a scratch folder), e.g. "
-                                                     "for python -m utils.report OUT/logs")
+                                                     "for python -m analysis.report OUT/logs")
     args, extra = parser.parse_known_args(argv)
     configs = SUITES[args.suite]
     args.configs = args.configs or list(configs)

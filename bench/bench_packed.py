@@ -2,7 +2,7 @@
 
 For each model (Sketch-A-Net fbin at 225, ResNet-18 fbin at 224, and SD-BNN's ResNet-20 1w1a at 32 when
 it is registered) the script exports the binarized model (DAB codes by default), rebuilds it dense
-(``utils.export.load_export``) and packed (``utils.packed.load_packed`` with the dense fallback, so a
+(``deploy.export.load_export``) and packed (``deploy.packed.load_packed`` with the dense fallback, so a
 binarized layer that cannot run packed, such as ResNet-18's classifier on the pooled real features,
 stays dense and is listed) and measures, in one process on the same threads (torch's and numba's pools
 both set to ``--threads``, all cores by default):
@@ -42,8 +42,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import binarize  # noqa: E402
 import models  # noqa: E402
-from utils.export import export_model, load_export  # noqa: E402
-from utils.packed import PackedConv2d, load_packed, report_line  # noqa: E402
+from deploy.export import export_model, load_export  # noqa: E402
+from deploy.packed import PackedConv2d, load_packed, report_line  # noqa: E402
 
 DEFAULT_MODELS = ("sketchanetfbin", "resnetfbin18", "resnet20_1w1a")
 

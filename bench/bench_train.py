@@ -171,7 +171,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
-        from utils.build import keep_freed_memory
+        from launch.build import keep_freed_memory
         keep_freed_memory()  # as main.py does on the CPU
     amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     results = {family: bench_family(family, args, device, amp) for family in args.models}

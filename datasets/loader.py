@@ -119,7 +119,7 @@ class ShardSampler(Sampler):
 def _quiet_worker(worker_id):
     """Ignore the group's stop requests; end on the parent's SIGTERM only (see the module's docstring).
 
-    A worker inherits the main process's Python handlers (utils.run.StopRequest), which would turn a
+    A worker inherits the main process's Python handlers (utils.signals.StopRequest), which would turn a
     SIGTERM into a flag nobody reads; ignoring SIGTERM outright instead makes multiprocessing's exit
     (terminate, then join) wait for ever. So SIGTERM is blocked here and a thread reads who sent it.
     """

@@ -23,7 +23,7 @@ from .blocks import conv_table, init_weights
 __all__ = ["ModelInfo", "build_model", "check_bin_inputs", "check_input_size", "conv_table", "list_models",
            "model_info", "register"]
 
-MODELS = {}  # name -> (builder(num_classes, in_channels, [binary_inputs]) -> nn.Module, Family, binarized)
+MODELS = {}  # name -> (builder(num_classes, in_channels, [binary_inputs]) -> nn.Module, Family, binarized, variant)
 
 
 def _binarized_by_name(name):
@@ -31,12 +31,15 @@ def _binarized_by_name(name):
     return any(tag in name for tag in ("wbin", "fbin", "hybrid")) or name.startswith("bincifar")
 
 
-def register(name, builder, family, *, binarized=None):
+def register(name, builder, family, *, binarized=None, variant=None):
     """Add ``name`` to the registry; ``builder(num_classes=, in_channels=[, binary_inputs=])`` returns the
-    model. ``binarized``: whether its weights are binarized by default (None: the original's naming)."""
+    model. ``binarized``: whether its weights are binarized by default (None: the original's naming).
+    ``variant``: the variant's name within its family (None: the name without the family's, "fp" if empty)."""
     if name in MODELS:
         raise ValueError(f"model {name!r} registered twice")
-    MODELS[name] = (builder, family, _binarized_by_name(name) if binarized is None else bool(binarized))
+    if variant is None:
+        variant = name.replace(family.name, "", 1).strip("_") or "fp"
+    MODELS[name] = (builder, family, _binarized_by_name(name) if binarized is None else bool(binarized), variant)
 
 
 def list_models():
@@ -58,7 +61,7 @@ def build_model(name, num_classes, in_channels=None, init=True, *, bin_inputs=No
     ``bin_inputs`` (conv indices, 1-based) replaces the variant's own choice of the convs whose input is
     binarized (``()``: every input real); ValueError for a conv that does not exist or cannot take one.
     """
-    builder, family, _ = _entry(name)
+    builder, family, *_ = _entry(name)
     in_channels = family.in_channels if in_channels is None else in_channels
     if int(num_classes) < 1 or int(in_channels) < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
@@ -86,10 +89,21 @@ class ModelInfo:
     num_convs: int
     binary_inputs: tuple
     activation: str    # the activation binarizer of its binarized inputs ("sign" where it has none)
+    variant: str       # the variant within the family ("fp", "wbin", "fbin", "hybrid", "1w1a", ...)
+
+    @property
+    def inputs_binarized(self):
+        """Whether some conv has a binarized input by default."""
+        return bool(self.binary_inputs)
+
+    @property
+    def label(self):
+        """A display label: family and variant."""
+        return f"{self.family} {self.variant}"
 
 
 def _meta_build(name, **options):
-    builder, family, _ = _entry(name)
+    builder, family, *_ = _entry(name)
     with torch.device("meta"):
         return builder(num_classes=2, in_channels=family.in_channels, **options)
 
@@ -97,7 +111,7 @@ def _meta_build(name, **options):
 @lru_cache(maxsize=None)
 def model_info(name):
     """The ModelInfo of ``name`` (the conv count comes from a build on the "meta" device: no memory)."""
-    _, family, binarized = _entry(name)
+    _, family, binarized, variant = _entry(name)
     model = _meta_build(name)
     num_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     start, end = family.bin_range
@@ -106,7 +120,8 @@ def model_info(name):
                      min_inpsize=family.input_sizes[0], max_inpsize=family.input_sizes[1],
                      default_in_channels=family.in_channels, bin_range=tuple(family.bin_range),
                      bin_layers=bin_layers, binarized=binarized, num_convs=num_convs,
-                     binary_inputs=tuple(model.binary_inputs), activation=_activation_name(model))
+                     binary_inputs=tuple(model.binary_inputs), activation=_activation_name(model),
+                     variant=variant)
 
 
 def _activation_name(model):
@@ -133,7 +148,7 @@ def check_bin_inputs(name, indices):
 
 def check_input_size(name, size):
     """Raise ValueError unless ``name`` accepts ``size`` x ``size`` inputs."""
-    _, family, _ = _entry(name)
+    _, family, *_ = _entry(name)
     lo, hi = family.input_sizes
     if not lo <= size <= hi:
         raise ValueError(f"{name} accepts input sizes {lo}..{hi}, got {size}")

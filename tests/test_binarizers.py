@@ -16,8 +16,8 @@ from binarize import (ASD, DAB, XNOR, ApproxSign, BinActive, DABActive, Sign, We
                       binarize_weights, dab, ede_schedule, register_weight_binarizer)
 from binarize.functions import dab_with_mask
 from tinydata import split_tree
-from utils.export import export_model, load_export
-from utils.summary import summarize
+from deploy.export import export_model, load_export
+from deploy.summary import summarize
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 
@@ -250,7 +250,7 @@ def test_sdbnn_preset_and_parts_compose(tmp_path):
     assert (args.binarizer, args.weightShift, args.binActivation, args.backward) == ("sign", "wsd", "asd", "ede")
     args = opts.parse(["--model_def", "resnet20_1w1a", "--binarizer", "dab", "--binActivation", "asd",
                        "--backward", "ede"])
-    from utils import build
+    from launch import build
     model = build.network(args, 10, 1)
     weights = [b for *_, b in binarize.binarized_layers(model)]
     acts = [b for *_, b in binarize.input_binarizers(model)]

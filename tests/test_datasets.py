@@ -431,7 +431,7 @@ import multiprocessing, subprocess, sys, time
 import torch
 sys.path.insert(0, {root!r})
 from datasets.loader import make_loaders
-from utils.run import StopRequest
+from utils.signals import StopRequest
 
 class Bad(torch.utils.data.Dataset):
     def __len__(self):

@@ -23,7 +23,8 @@ import torch
 import main
 from test_distributed import free_port
 from tinydata import split_tree
-from utils import build, checkpoint
+from launch import build
+from utils import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["airplane", "bear", "cup"]
@@ -118,7 +119,8 @@ RUNNER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})
     import main
-    from utils import build, checkpoint
+    from launch import build
+    from utils import checkpoint
     mode, at = sys.argv[1], int(sys.argv[2])
     if mode == "step":      # die (kill -9) during training step `at`
         original, calls = build.TrainingLoss.forward, [0]

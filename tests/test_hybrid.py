@@ -1,5 +1,5 @@
 """Hybrid Binary Networks: --binInputs rebuilds the original hybrids from their fbin twins, the planner's
-choices (utils.hybrid) on hand-made tables, the error formulas it ranks by, and its CLI end to end."""
+choices (analysis.hybrid) on hand-made tables, the error formulas it ranks by, and its CLI end to end."""
 
 import itertools
 import random
@@ -15,8 +15,8 @@ import main
 import models
 from models.__main__ import main as models_cli
 from tinydata import split_tree
-from utils import hybrid
-from utils.binloss import input_binarization_losses
+from analysis import hybrid
+from analysis.binerrors import input_binarization_losses
 
 # ------------------------------------------------------------------ the original hybrids from fbin twins
 

@@ -11,7 +11,7 @@ import torch
 import binarize
 import main
 from tinydata import split_tree
-from utils import build
+from launch import build
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import binarize
 import main
 import models
 import opts
-from utils import build
+from launch import build
 from original_commands import LINES, argv_for, classes_of, dataset_of, tiny_data
 
 CHANNELS = {"cifar10": 3, "cifar100": 3, "imagenet12": 3}

@@ -1,4 +1,4 @@
-"""Tests of utils.packed: the bit-packed conv against the dense conv of its decoded weight (every weight
+"""Tests of deploy.packed: the bit-packed conv against the dense conv of its decoded weight (every weight
 binarizer's code, odd channel counts, padding, stride, kernels 1 to 7, batches, both memory layouts),
 whole exported models run packed against their dense rebuild, and the one-line errors and the dense
 fallback for exports or environments that cannot run packed.
@@ -21,9 +21,9 @@ from torch import nn
 
 import binarize
 import models
-from utils import packed
-from utils.export import ExportError, export_model, load_export
-from utils.packed import (PackedConv2d, PackedError, PackedUnavailable, PreSign, load_packed, packed_model,
+from deploy import kernels, packed
+from deploy.export import ExportError, export_model, load_export
+from deploy.packed import (PackedConv2d, PackedError, PackedUnavailable, PreSign, load_packed, packed_model,
                           report_line)
 
 pytest.importorskip("numba")
@@ -279,7 +279,7 @@ def test_partly_packable_model(tmp_path):
 def test_packed_model_reencodes_without_tensors(tmp_path):
     name = "sketchanetfbin"
     path = export(build(name, method="xnor"), name, tmp_path)
-    from utils.export import read_export
+    from deploy.export import read_export
     _, _, layers = read_export(path)
     dense, _ = load_export(path)
     model, _ = load_export(path)
@@ -299,7 +299,7 @@ def test_non_cpu_device_is_refused(tmp_path):
 def test_without_numba(tmp_path, monkeypatch):
     path = export(build("sketchanetfbin"), "sketchanetfbin", tmp_path)
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
-    monkeypatch.setattr(packed, "_kernels", None)
+    monkeypatch.setattr(kernels, "_compiled", None)  # as if never compiled in this process
     mask, alpha, beta = code_of("arbitrary", 4, 8, 3, seed=7)
     with pytest.raises(PackedUnavailable, match="pip install numba.*--packed auto") as err:
         PackedConv2d(mask, alpha, beta)

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 import main
 import models
 from tinydata import split_tree
-from utils import build
+from launch import build
 from utils.schedule import lr_at
 
 

@@ -1,4 +1,4 @@
-"""Tests of utils.report (results tables and figures from run folders), on synthetic run folders."""
+"""Tests of analysis.report (results tables and figures from run folders), on synthetic run folders."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from utils import report as rp
+from analysis import report as rp
 
 LAYERS = [(2, 16, 8), (3, 144, 8), (4, 72, 6)]  # (conv index, n, filters)
 
@@ -289,13 +289,13 @@ def test_cli(runs, tmp_path, capsys):
 def test_cli_module_entry_point(tmp_path):
     write_run(tmp_path / "logs", "one", filters=False)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ok = subprocess.run([sys.executable, "-m", "utils.report", str(tmp_path / "logs" / "one"), "--out",
+    ok = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "logs" / "one"), "--out",
                          str(tmp_path / "out")], cwd=repo, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "1 runs (1 finished, 0 unfinished)" in ok.stdout
     assert sorted(os.listdir(tmp_path / "out")) == ["curves_train_loss.png", "curves_val_top1.png", "results.csv",
                                                     "results.md", "results_table.csv"]
-    bad = subprocess.run([sys.executable, "-m", "utils.report", str(tmp_path / "missing"), "--out",
+    bad = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "missing"), "--out",
                           str(tmp_path / "out2")], cwd=repo, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 

@@ -1,4 +1,4 @@
-"""Tests of utils.summary (bit-aware per-layer summary) and utils.export (packed 1-bit .safetensors)."""
+"""Tests of deploy.summary (bit-aware per-layer summary) and deploy.export (packed 1-bit .safetensors)."""
 
 import math
 import os
@@ -13,11 +13,11 @@ import binarize
 import main
 import models
 from tinydata import split_tree
-from utils import export
+from deploy import export
 from utils.checkpoint import atomic_save
-from utils.export import (DABInferenceConv2d, ExportError, __version__, export_model, load_export, load_export_into,
+from deploy.export import (DABInferenceConv2d, ExportError, __version__, export_model, load_export, load_export_into,
                           pack_bits, read_export, unpack_bits)
-from utils.summary import format_summary, summarize
+from deploy.summary import format_summary, summarize
 
 # (model_def, binarizer, bin range or None for the family's, input size or None for the smallest valid one)
 CASES = [

@@ -1,1 +1,2 @@
-"""Training utilities: meters, the learning-rate schedule, checkpoints, logs, distributed helpers."""
+"""Training infrastructure: errors, meters, the learning-rate schedule, distributed helpers, checkpoints,
+logs and stop signals."""

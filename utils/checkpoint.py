@@ -20,13 +20,10 @@ import numpy as np
 import torch
 
 import binarize
+from utils.errors import CheckpointError, CheckpointWriteError
 
 TEMP_PREFIX = ".tmp-"
 LATENT = ".parametrizations.weight.original"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable, not one of ours, or does not fit the model."""
 
 
 def atomic_save(obj, path):
@@ -187,10 +184,6 @@ def adapt_state(model, state):
     if dropped:
         notes.append(f"{len(dropped)} binarizer parameters of the checkpoint are not used here")
     return adapted, sorted(set(notes)), newly
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint that could not be written (no space, a read-only folder): the previous one is kept."""
 
 
 class TrainingCheckpoints:

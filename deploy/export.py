@@ -2,7 +2,7 @@
 
     report = export_model(model, "sketchanet.safetensors", config)  # {"bytes", "fp32_bytes", "ratio"}
     model, config = load_export("sketchanet.safetensors")          # rebuilt from the file alone, in eval
-    model, config, report = load_export_packed("sketchanetfbin.safetensors")  # binary convs bit-packed
+    model, config, report = deploy.packed.load_packed("sketchanetfbin.safetensors")  # binary convs bit-packed
     load_export_into(model, "sketchanet.safetensors")               # into a model built from the same flags
 
 The file is a .safetensors file. Each binarized conv ``name`` is stored as its two-value code
@@ -46,7 +46,7 @@ import models
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "ExportError", "DABInferenceConv2d", "export_model", "load_export", "load_export_into",
-           "load_export_packed",
+           "layer_code",
            "read_export", "pack_bits", "unpack_bits"]
 
 FORMAT = "dabnet-packed-1bit/1"
@@ -86,6 +86,13 @@ def _scales(tensors, name, layer):
 def _mask(tensors, name, layer):
     """The mask e of a packed layer, bool, in the weight's shape."""
     return unpack_bits(tensors[f"{name}.weight.bits"], math.prod(layer["shape"])).reshape(layer["shape"])
+
+
+def layer_code(tensors, name, layer):
+    """``(mask, alpha, beta)`` of the binarized layer ``name`` of an export read by :func:`read_export`:
+    the bool mask e in the weight's shape and the per-filter values of its two levels."""
+    alpha, beta = _scales(tensors, name, layer)
+    return _mask(tensors, name, layer), alpha, beta
 
 
 def _decode(tensors, name, layer):
@@ -282,13 +289,14 @@ def _load_state(model, path, tensors, layers, keep_latent, assign=False):
     return model
 
 
-def load_export(path, device="cpu", *, inference_form=False):
+def load_export(path, device="cpu", *, inference_form=False, contents=None):
     """``(model, config)``: the model rebuilt from the export alone, in eval mode on ``device``.
 
     Packed convs become plain convs with their decoded weights, or, with ``inference_form=True``,
-    :class:`DABInferenceConv2d` modules that run the factored form.
+    :class:`DABInferenceConv2d` modules that run the factored form. ``contents`` is what
+    :func:`read_export` returned for ``path``, when the caller has read the file already.
     """
-    tensors, config, layers = read_export(path)
+    tensors, config, layers = contents if contents is not None else read_export(path)
     # Built on the meta device and given the export's tensors (no random init of weights that are
     # overwritten anyway); rebuilt for real if the model holds tensors that no state_dict carries.
     model = _rebuild(path, config, device="meta")
@@ -299,19 +307,10 @@ def load_export(path, device="cpu", *, inference_form=False):
     if inference_form:
         convs = dict(model.named_modules())
         for name, layer in layers.items():
-            alpha, beta = _scales(tensors, name, layer)
-            replacement = DABInferenceConv2d.from_conv(convs[name], _mask(tensors, name, layer), alpha, beta)
+            replacement = DABInferenceConv2d.from_conv(convs[name], *layer_code(tensors, name, layer))
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, replacement)
     return model.to(device).eval(), config
-
-
-def load_export_packed(path, device="cpu", *, fallback=False):
-    """``(model, config, report)``: the model of the export with its binary convs run bit-packed (AND +
-    popcount, see utils/packed.py), for inference code of your own. ``fallback=True`` runs the layers the
-    packed kernel does not cover dense (``report`` says which and why); otherwise they raise PackedError."""
-    from utils.packed import load_packed
-    return load_packed(path, device, fallback=fallback)
 
 
 def _rebuild(path, config, device):

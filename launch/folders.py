@@ -12,12 +12,10 @@ continues in the folders its checkpoint records unless ``--name``/``--logdir``/`
 import csv
 import os
 import shutil
-import signal
 from dataclasses import dataclass
 
-from opts import UsageError
-from utils import dist
-from utils.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries
+from utils.errors import CheckpointError, UsageError
+from utils.checkpoint import load_checkpoint, remove_stale_temporaries
 
 LOG_FILES = ("args.json", "metrics.csv", "final.json", "binarization_losses.json",
              "weight_binarization_losses.json")
@@ -143,43 +141,3 @@ def prepare_folders(plan):
 def _remove(path):
     if os.path.isfile(path):
         os.remove(path)
-
-
-class StopRequest:
-    """Ctrl-C, SIGTERM and SIGUSR1 (what SLURM and Kubernetes send before preemption) ask the run to stop
-    after the current training step, with a checkpoint; a second Ctrl-C stops at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.signum, self._old = None, {}
-
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        return False
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def requested(self, device):
-        """Whether any rank was asked to stop (every rank must call this at the same step)."""
-        return dist.any_rank(self.signum is not None, device)
-
-    @property
-    def name(self):
-        return signal.Signals(self.signum or signal.SIGTERM).name
-
-    @property
-    def exit_status(self):
-        return 128 + (self.signum or signal.SIGTERM)

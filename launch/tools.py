@@ -4,8 +4,8 @@ table), ``--export`` (the packed 1-bit file of a checkpoint) and the model of ``
 import os
 
 import datasets
-from opts import UsageError
-from utils import build
+from utils.errors import UsageError
+from launch import build
 
 
 def compress_command(args):
@@ -13,7 +13,7 @@ def compress_command(args):
     build.input_size_note(args)
     if args.export:
         return _export(args)
-    from utils.summary import format_summary, summarize
+    from deploy.summary import format_summary, summarize
     num_classes, in_channels = datasets.SHAPES[args.dataset]
     num_classes = args.nClasses or num_classes
     model = build.network(args, num_classes, in_channels)
@@ -26,7 +26,7 @@ def compress_command(args):
 
 def _export(args):
     """Write the export of ``--resume``/``--pretrained_file``: the checkpoint knows its own configuration."""
-    from utils.export import ExportError, export_model
+    from deploy.export import ExportError, export_model
     source = args.resume or args.pretrained_file
     model, saved, state = build.from_checkpoint(source)
     folder = os.path.dirname(os.path.abspath(args.export))
@@ -47,8 +47,8 @@ def _export(args):
 def packed_model(args, say):
     """The export of ``--pretrained_file`` with bit-packed convs (``--packed on``; ``auto`` runs the layers
     the packed kernel does not cover dense, and says which)."""
-    from utils.export import ExportError
-    from utils.packed import PackedError, PackedUnavailable, load_packed
+    from deploy.export import ExportError
+    from deploy.packed import PackedError, PackedUnavailable, load_packed
     try:
         model, config, report = load_packed(args.pretrained_file, fallback=args.packed == "auto")
     except (ExportError, PackedError, PackedUnavailable) as exc:

@@ -14,7 +14,8 @@ import binarize
 import datasets
 import models
 import opts
-from opts import CRITERIA, UsageError
+from opts import CRITERIA
+from utils.errors import UsageError
 from utils import dist
 from utils.checkpoint import CheckpointError, adapt_state, check_compatible, load_checkpoint, load_model_state
 
@@ -258,7 +259,7 @@ def pretrained(model, args, say):
     architecture (stage 1 -> stage 2 of two-stage training), or an export (.safetensors)."""
     path = args.pretrained_file
     if path.endswith(".safetensors"):
-        from utils.export import ExportError, load_export_into
+        from deploy.export import ExportError, load_export_into
         try:
             # Evaluation takes the exported code as is; training keeps the layers binarized.
             load_export_into(model, path, keep_latent=not args.evaluate)

@@ -9,7 +9,7 @@ parameter. A binarized layer stores its weights at 1 bit each plus the per-filte
 keeps in fp32 (its ``scales``): DAB alpha and beta per filter, XNOR one scale, BNN and sign none. Everything else (conv biases, BN weight and
 bias, Linear layers, unbinarized convs) counts as 32-bit parameters. BN running statistics are buffers
 and are not counted, so the full-precision size is 4 bytes per parameter. Byte counts pack each layer's
-bits on their own (ceil(n / 8) bytes), as utils.export writes them.
+bits on their own (ceil(n / 8) bytes), as deploy.export writes them.
 
 MACs come from forward hooks on a dummy batch of 1: a conv costs out_h * out_w * C_out * (C_in / groups)
 * kh * kw, a Linear in * out. They are "weight-binary" when the conv's weights are binarized (its
