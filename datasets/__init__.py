@@ -1,75 +1,123 @@
 """Datasets of dabnet: `build(name, data_dir, ...)` returns the train and val datasets plus what the model
 needs (number of classes and channels, class names), reading each dataset as it unpacks.
 
-Names (`DATASETS`): tuberlin, sketchyrecognition (alias sketchy), cifar10, cifar100, imagenet12 and the
-embedded default digits. Layouts and splits: sketches.py and natural.py; transforms and their deviations
-from the original: transforms.py; the optional uint8 disk cache: cache.py; the digits: digits.py.
+Every dataset is one record of ``TABLE`` (a ``DatasetRecord``: name, aliases, classes and channels as it
+unpacks, native image size, reader, the build keywords specific to it); ``DATASETS`` (the names
+``--dataset`` accepts), ``SHAPES`` and ``native_size`` are views of that table. A new dataset is one record
+plus its reader module: ``read(name, data_dir, options) -> DataBundle``.
+
+Names: tuberlin, sketchyrecognition (alias sketchy), cifar10, cifar100, imagenet12 and the embedded default
+digits. Readers, layouts and splits: sketches.py, natural.py, digits.py; transforms and their deviations
+from the original: transforms.py; the optional uint8 disk cache: cache.py.
 """
-import hashlib
 import os
-import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 
-from torch.utils.data import Dataset
-
-from . import natural, sketches
-from .cache import build_cache, cache_key, default_cache_dir, open_cache
-from .digits import digits
+from .bundle import DataBundle, Options
+from .digits import read_digits
 from .errors import DataError
-from .folder import Decode, ImageFiles, bad_image_error, probe_all
 from .loader import epoch_seed, make_loaders
-from .transforms import (IMAGENET_NORM, average_crops, cifar_transforms, imagenet_transforms, resize_for,
-                         sketch_transforms)
+from .natural import read_cifar, read_imagenet
+from .sketches import read_sketchy, read_tuberlin
+from .transforms import average_crops
 
-__all__ = ["DATASETS", "SHAPES", "DataBundle", "DataError", "average_crops", "build", "epoch_seed", "make_loaders",
-           "native_size"]
+__all__ = ["DATASETS", "SHAPES", "TABLE", "DataBundle", "DataError", "DatasetRecord", "Options", "average_crops",
+           "build", "epoch_seed", "make_loaders", "native_size", "record", "register"]
 
-ALIASES = {"sketchy": "sketchyrecognition"}
-DATASETS = ("tuberlin", "sketchyrecognition", "sketchy", "cifar10", "cifar100", "imagenet12", "digits")
-# (classes, channels) of each dataset as it unpacks, for what needs no data (--summary, --export).
-SHAPES = {"digits": (10, 1), "tuberlin": (250, 1), "sketchyrecognition": (125, 1), "sketchy": (125, 1),
-          "cifar10": (10, 3), "cifar100": (100, 3), "imagenet12": (1000, 3)}
-# Datasets whose images have one size: the original ignored --inpsize for them (its CIFAR lines pass 225).
-NATIVE_SIZE = {"cifar10": 32, "cifar100": 32}
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """Everything dabnet knows about one dataset before reading it.
+
+    ``read(name, data_dir, options)`` returns its DataBundle (``options`` an ``Options``). ``num_classes`` and
+    ``channels`` are the dataset's as it unpacks (what --summary and --export use without data).
+    ``native_size`` is the side of its images where they all have one (the original ignored --inpsize for
+    those), ``needs_data_dir`` False for a dataset that comes with the code, ``options`` the ``Options``
+    fields specific to it (the others apply to every dataset or are ignored by its reader).
+    """
+    name: str
+    num_classes: int
+    channels: int
+    read: Callable
+    native_size: int = None
+    aliases: tuple = ()
+    needs_data_dir: bool = True
+    options: frozenset = frozenset()
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(Options))
+TABLE = {}  # name -> DatasetRecord, in the order --dataset lists them
+
+
+def register(entry):
+    """Add a DatasetRecord to ``TABLE``; ValueError for a name or alias already taken or an unknown option."""
+    taken = [n for n in (entry.name, *entry.aliases) if n in DATASETS]
+    if taken:
+        raise ValueError(f"dataset name {taken[0]!r} registered twice")
+    unknown = sorted(set(entry.options) - OPTION_NAMES)
+    if unknown:
+        raise ValueError(f"dataset {entry.name!r}: unknown options {unknown}; choose from {sorted(OPTION_NAMES)}")
+    TABLE[entry.name] = entry
+    return entry
+
+
+class _Names(Sequence):
+    """Every accepted name, each record's name followed by its aliases (a live view of TABLE)."""
+
+    def _names(self):
+        return [n for entry in TABLE.values() for n in (entry.name, *entry.aliases)]
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self):
+        return len(self._names())
+
+    def __contains__(self, name):
+        return any(name == entry.name or name in entry.aliases for entry in TABLE.values())
+
+    def __repr__(self):
+        return repr(tuple(self._names()))
+
+
+class _Shapes(Mapping):
+    """name or alias -> (classes, channels) as the dataset unpacks (a live view of TABLE)."""
+
+    def __getitem__(self, name):
+        if name not in DATASETS:
+            raise KeyError(name)
+        entry = record(name)
+        return entry.num_classes, entry.channels
+
+    def __iter__(self):
+        return iter(DATASETS)
+
+    def __len__(self):
+        return len(DATASETS)
+
+
+DATASETS = _Names()
+SHAPES = _Shapes()
+
+
+def record(name):
+    """The DatasetRecord of ``name`` (a name or an alias); ValueError naming the choices otherwise."""
+    for entry in TABLE.values():
+        if name == entry.name or name in entry.aliases:
+            return entry
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
 def native_size(name):
     """The one image size of ``name`` (None where --inpsize applies)."""
-    return NATIVE_SIZE.get(ALIASES.get(name, name))
-# ImageNet as 1-channel (grayscale=True): the ITU-R 601 luma weights applied to the RGB mean and std above.
-IMAGENET_GRAY_NORM = ((0.459,), (0.226,))
-
-
-@dataclass
-class DataBundle:
-    """What build() returns; val items are [10, C, H, W] when ten_crop."""
-    train: Dataset
-    val: Dataset
-    num_classes: int
-    num_channels: int
-    classes: list
-    description: str
-
-
-@dataclass(frozen=True)
-class Options:
-    inpsize: int
-    ten_crop: bool
-    fold: int
-    cachemode: bool
-    cache_dir: str
-    skip_bad_images: bool
-    sketchy_variant: str
-    sketchy_drop_invalid: bool
-    augment: bool
-    grayscale: bool
-    imagenet_norm: bool
+    return record(name).native_size
 
 
 def build(name, data_dir, *, inpsize, ten_crop=False, fold=1, cachemode=False, cache_dir=None,
           skip_bad_images=False, sketchy_variant="tx_000000000000", sketchy_drop_invalid=False, augment=True,
           grayscale=False, imagenet_norm=False):
-    """Train/val datasets for `name` read from `data_dir` (ignored for digits); see the module docstring.
+    """Train/val datasets for `name` read from `data_dir` (ignored where the dataset needs none).
 
     fold picks the TU-Berlin native val fold (1..3); cachemode decodes every image once into a uint8 cache
     under cache_dir (default `<data_dir>/.dabnet_cache`, else `~/.cache/dabnet`); skip_bad_images skips
@@ -77,19 +125,18 @@ def build(name, data_dir, *, inpsize, ten_crop=False, fold=1, cachemode=False, c
     the deterministic val one; grayscale (imagenet12 only) decodes ImageNet as 1-channel luma; imagenet_norm
     (CIFAR only) normalises with ImageNet's mean and std instead of the dataset's (SD-BNN's recipe).
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    name = ALIASES.get(name, name)
-    if grayscale and name != "imagenet12":
-        raise ValueError("grayscale=True applies to imagenet12 only (the sketch datasets and digits are "
-                         "1-channel already)")
+    entry = record(name)
+    if grayscale and "grayscale" not in entry.options:
+        # the one option that changes what the model sees (its channel count): refused, not ignored
+        takers = ", ".join(e.name for e in TABLE.values() if "grayscale" in e.options)
+        raise ValueError(f"grayscale=True applies to {takers} only; {entry.name} is read as its "
+                         f"{entry.channels}-channel images are")
     opts = Options(inpsize, ten_crop, fold, cachemode, cache_dir, skip_bad_images, sketchy_variant,
                    sketchy_drop_invalid, augment, grayscale, imagenet_norm)
-    if name == "digits":
-        train, val, classes, description = digits(inpsize, augment=augment, ten_crop=ten_crop)
-        return DataBundle(train, val, len(classes), 1, classes, description)
-    _check_data_dir(name, data_dir)
-    return BUILDERS[name](name, os.fspath(data_dir), opts)
+    if entry.needs_data_dir:
+        _check_data_dir(entry.name, data_dir)
+        data_dir = os.fspath(data_dir)
+    return entry.read(entry.name, data_dir, opts)
 
 
 def _check_data_dir(name, data_dir):
@@ -101,89 +148,14 @@ def _check_data_dir(name, data_dir):
         raise DataError(f"data_dir {os.fspath(data_dir)!r} is empty; unpack the {name} dataset there")
 
 
-def _tuberlin(name, data_dir, opts):
-    split = sketches.tuberlin(data_dir, opts.fold)
-    decode = Decode("L", resize_for(opts.inpsize), invert=True)
-    return _files_bundle(name, data_dir, split, decode, decode,
-                         *sketch_transforms(name, opts.inpsize, augment=opts.augment, ten_crop=opts.ten_crop),
-                         opts)
-
-
-def _sketchy(name, data_dir, opts):
-    split = sketches.sketchy(data_dir, opts.sketchy_variant, opts.sketchy_drop_invalid)
-    decode = Decode("L", resize_for(opts.inpsize), invert=True)
-    return _files_bundle(name, data_dir, split, decode, decode,
-                         *sketch_transforms(name, opts.inpsize, augment=opts.augment, ten_crop=opts.ten_crop),
-                         opts)
-
-
-def _imagenet(name, data_dir, opts):
-    """Uncached, train crops come from the full-size image (as the original); cached (and val), from the
-    image resized to shorter side 256 (the cache must hold a bounded size)."""
-    split = natural.imagenet(data_dir)
-    mode = "L" if opts.grayscale else "RGB"
-    mean, std = IMAGENET_GRAY_NORM if opts.grayscale else IMAGENET_NORM
-    decode = Decode(mode, resize_for(opts.inpsize))
-    train_decode = Decode(mode, None) if opts.augment and not opts.cachemode else decode
-    return _files_bundle(name, data_dir, split, decode, train_decode,
-                         *imagenet_transforms(opts.inpsize, mean, std, augment=opts.augment, ten_crop=opts.ten_crop),
-                         opts)
-
-
-def _cifar(name, data_dir, opts):
-    """torchvision's in-memory CIFAR; cachemode is not needed and ignored."""
-    train_tf, val_tf = cifar_transforms(name, opts.inpsize, augment=opts.augment, ten_crop=opts.ten_crop,
-                                        norm=IMAGENET_NORM if opts.imagenet_norm else None)
-    train, val = natural.cifar(name, data_dir, train_tf, val_tf)
-    return DataBundle(train, val, len(train.classes), 3, list(train.classes),
-                      f"{name} {data_dir}: {len(train)} train / {len(val)} val")
-
-
-BUILDERS = {"tuberlin": _tuberlin, "sketchyrecognition": _sketchy, "imagenet12": _imagenet,
-            "cifar10": _cifar, "cifar100": _cifar}
-
-
-def _files_bundle(name, data_dir, split, decode, train_decode, train_tf, val_tf, opts):
-    """Check every file (or find a finished cache), build the cache if asked, and wrap the two subsets.
-
-    Nothing is written before all files have passed the check; a file that fails only at full decode
-    (while the cache is built) also leaves nothing behind.
-    """
-    paths = [os.path.join(split.root, f) for f in split.files]
-    cache = None
-    if opts.cachemode:
-        cache_dir = os.fspath(opts.cache_dir) if opts.cache_dir else default_cache_dir(data_dir)
-        tag = f"{name}-{hashlib.sha256(os.path.abspath(split.root).encode()).hexdigest()[:8]}"
-        key = cache_key(split.root, split.files, decode)
-        cache = open_cache(cache_dir, tag, key)
-    if cache is not None:
-        bad = cache.bad   # a finished cache has decoded every file: no need to check them again
-    else:
-        sizes, bad = probe_all(paths)
-    if bad and not opts.skip_bad_images:
-        first = min(bad)
-        raise bad_image_error(paths[first], bad[first], len(bad))
-    if opts.cachemode and cache is None:
-        cache = build_cache(cache_dir, tag, key, split.root, split.files, decode, sizes,
-                            skip_bad=opts.skip_bad_images, bad=bad)
-        bad = cache.bad
-    note = ""
-    if bad:
-        first = min(bad)
-        warnings.warn(f"skipped {len(bad)} unreadable images under {split.root!r}, e.g. {paths[first]!r} "
-                      f"({bad[first]})", stacklevel=3)
-        split.drop(bad)
-        note = f", {len(bad)} unreadable skipped"
-    for side, idx in (("train", split.train), ("val", split.val)):
-        if len(idx) == 0:
-            raise DataError(f"{split.layout}: no {side} images left under {split.root!r}; check the layout")
-
-    def subset(idx, dec, transform):
-        return ImageFiles(split.root, [split.files[i] for i in idx], split.labels[idx], split.classes, dec,
-                          transform, cache, idx if cache is not None else None)
-
-    train = subset(split.train, train_decode if cache is None else decode, train_tf)
-    val = subset(split.val, decode, val_tf)
-    cached = ", cached" if cache is not None else ""
-    return DataBundle(train, val, len(split.classes), 1 if decode.mode == "L" else 3, list(split.classes),
-                      f"{split.layout}: {len(train)} train / {len(val)} val{note}{cached}")
+for _entry in (
+    DatasetRecord("tuberlin", 250, 1, read_tuberlin, options=frozenset({"fold"})),
+    DatasetRecord("sketchyrecognition", 125, 1, read_sketchy, aliases=("sketchy",),
+                  options=frozenset({"sketchy_variant", "sketchy_drop_invalid"})),
+    DatasetRecord("cifar10", 10, 3, read_cifar, native_size=32, options=frozenset({"imagenet_norm"})),
+    DatasetRecord("cifar100", 100, 3, read_cifar, native_size=32, options=frozenset({"imagenet_norm"})),
+    DatasetRecord("imagenet12", 1000, 3, read_imagenet, options=frozenset({"grayscale"})),
+    DatasetRecord("digits", 10, 1, read_digits, needs_data_dir=False),
+):
+    register(_entry)
+del _entry

@@ -12,6 +12,7 @@ stratified and fixed: 1/5 of each class (by file-name hash, splits.py) is val, 1
 import torch
 import torch.nn.functional as Fn
 
+from .bundle import DataBundle
 from .folder import TensorImages
 from .splits import stratified_folds
 from .transforms import digits_transforms
@@ -69,3 +70,9 @@ def digits(inpsize, *, augment, ten_crop):
     val = TensorImages(images[is_val], labels[is_val].tolist(), CLASSES, val_tf)
     return train, val, CLASSES, (f"digits (sklearn load_digits) {inpsize}x{inpsize}: "
                                  f"{len(train)} train / {len(val)} val")
+
+
+def read_digits(name, data_dir, opts):
+    """The digits DataBundle; needs no ``data_dir`` (the images come with scikit-learn)."""
+    train, val, classes, description = digits(opts.inpsize, augment=opts.augment, ten_crop=opts.ten_crop)
+    return DataBundle(train, val, len(classes), 1, classes, description)

@@ -1,12 +1,18 @@
-"""CIFAR-10/100 through torchvision's readers (never downloading) and ImageNet as `{train,val}/<wnid>/`."""
+"""The readers of CIFAR-10/100 (torchvision's readers, never downloading) and of ImageNet as
+`{train,val}/<wnid>/`: ``read_cifar`` and ``read_imagenet`` turn a folder into a DataBundle."""
 import os
 import pickle
 
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from .bundle import DataBundle, files_bundle
 from .errors import DataError
-from .folder import presplit
+from .folder import Decode, presplit
 from .sketches import no_layout
+from .transforms import IMAGENET_NORM, cifar_transforms, imagenet_transforms, resize_for
+
+# ImageNet as 1-channel (grayscale=True): the ITU-R 601 luma weights applied to the RGB mean and std.
+IMAGENET_GRAY_NORM = ((0.459,), (0.226,))
 
 
 def _presence_only(file_list):
@@ -66,3 +72,28 @@ def imagenet(data_dir):
             raise DataError(f"{e}; ImageNet's val images must be sorted into <wnid>/ folders first "
                             f"(e.g. with the devkit's ground truth)") from e
         raise
+
+
+def read_imagenet(name, data_dir, opts):
+    """The ImageNet DataBundle of ``data_dir`` (1-channel luma with ``opts.grayscale``).
+
+    Uncached, train crops come from the full-size image (as the original); cached (and val), from the
+    image resized to shorter side 256 (the cache must hold a bounded size)."""
+    split = imagenet(data_dir)
+    mode = "L" if opts.grayscale else "RGB"
+    mean, std = IMAGENET_GRAY_NORM if opts.grayscale else IMAGENET_NORM
+    decode = Decode(mode, resize_for(opts.inpsize))
+    train_decode = Decode(mode, None) if opts.augment and not opts.cachemode else decode
+    return files_bundle(name, data_dir, split, decode, train_decode,
+                        *imagenet_transforms(opts.inpsize, mean, std, augment=opts.augment, ten_crop=opts.ten_crop),
+                        opts)
+
+
+def read_cifar(name, data_dir, opts):
+    """The CIFAR-10 or CIFAR-100 DataBundle of ``data_dir`` (torchvision's in-memory reader; cachemode is
+    not needed and ignored; ``opts.imagenet_norm`` normalises with ImageNet's mean and std)."""
+    train_tf, val_tf = cifar_transforms(name, opts.inpsize, augment=opts.augment, ten_crop=opts.ten_crop,
+                                        norm=IMAGENET_NORM if opts.imagenet_norm else None)
+    train, val = cifar(name, data_dir, train_tf, val_tf)
+    return DataBundle(train, val, len(train.classes), 3, list(train.classes),
+                      f"{name} {data_dir}: {len(train)} train / {len(val)} val")

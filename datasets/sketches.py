@@ -1,4 +1,5 @@
-"""Where TU-Berlin and Sketchy live on disk, and how each layout is split (spec: datasets.md).
+"""The readers of TU-Berlin (Eitz et al., 2012) and Sketchy (Sangkloy et al., 2016): where each lives on disk,
+how each layout is split, and ``read_tuberlin``/``read_sketchy``, which turn a folder into a DataBundle.
 
 TU-Berlin: the native download `png/<class name>/<n>.png` (data_dir holds png/ or is png/) split into 3
 stratified folds (splits.stratified_folds), or the original's pre-split `tuberlin/{train,val}/<class>/`.
@@ -11,9 +12,11 @@ import os
 
 import numpy as np
 
+from .bundle import files_bundle
 from .errors import DataError
-from .folder import EXTENSIONS, FileSplit, is_class_tree, presplit, scan_class_tree
+from .folder import EXTENSIONS, Decode, FileSplit, is_class_tree, presplit, scan_class_tree
 from .splits import stratified_folds
+from .transforms import resize_for, sketch_transforms
 
 NFOLDS = 3
 SKETCHY_ROOTS = (("rendered_256x256", "256x256", "sketch"), ("256x256", "sketch"), ("sketch",))
@@ -159,3 +162,20 @@ def sketchy(data_dir, variant, drop_invalid):
     if drop_invalid:
         _drop_invalid(split, info)
     return split
+
+
+def _sketch_bundle(name, data_dir, split, opts):
+    """Sketches decode as 1-channel luma, inverted (ink high), the shorter side resized as the original did."""
+    decode = Decode("L", resize_for(opts.inpsize), invert=True)
+    return files_bundle(name, data_dir, split, decode, decode,
+                        *sketch_transforms(name, opts.inpsize, augment=opts.augment, ten_crop=opts.ten_crop), opts)
+
+
+def read_tuberlin(name, data_dir, opts):
+    """The TU-Berlin DataBundle of ``data_dir``; ``opts.fold`` picks the val fold of the native layout."""
+    return _sketch_bundle(name, data_dir, tuberlin(data_dir, opts.fold), opts)
+
+
+def read_sketchy(name, data_dir, opts):
+    """The Sketchy DataBundle of ``data_dir`` (``opts.sketchy_variant``, ``opts.sketchy_drop_invalid``)."""
+    return _sketch_bundle(name, data_dir, sketchy(data_dir, opts.sketchy_variant, opts.sketchy_drop_invalid), opts)

@@ -1,6 +1,6 @@
 """Per-dataset transforms (torchvision transforms v2 on uint8 tensors) and ten-crop helpers.
 
-The sketch pipelines follow the original code/datasets/load_data.py (spec: original-models.md section 2).
+The sketch pipelines follow the original DAB code's datasets/load_data.py.
 Every transform here runs on the uint8 tensor that Decode or the cache produced: the shorter side is
 already resized to 256 and, for sketches, the image already inverted (ink high, background 0).
 

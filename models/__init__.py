@@ -1,29 +1,47 @@
-"""Model registry: every ``--model_def`` name of the original DAB code builds here.
+"""Model registry: every ``--model_def`` name of the original DAB code and of SD-BNN builds here.
 
     import models
-    models.list_models()                                  # the 31 original names, sorted
+    models.list_models()                                  # the 39 names, sorted
     model = models.build_model("sketchanetfbin", num_classes=250)
-    models.model_info("sketchanetfbin").bin_range          # (2, 7), as in the original scripts
+    info = models.model_info("sketchanetfbin")
+    info.bin_range, info.label                            # (2, 7), "Sketch-A-Net fbin"
     models.conv_table(model, 225, 1)                       # what --binStart/--binEnd count
 
-Each family file (sketchanet.py, resnet.py, ...) holds one definition of its architecture, its layer
-tables as constants and a ``VARIANTS`` dict (CLI suffix -> settings); importing it registers its
-names. The registry keys are the original CLI names, so there is no mapping layer.
+A family is one module of this package (sketchanet.py, resnet.py, ...) holding one definition of its
+architecture, its layer tables as constants, a ``Family`` with its shared facts and one ``register``
+call per variant. The package imports every module it holds (``blocks`` and ``__main__`` aside), so a
+new family is its file alone. The registry keys are the original CLI names: there is no mapping layer.
 """
 
+import importlib
+import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
 import binarize
 
-from .blocks import conv_table, init_weights
+from .blocks import Family, conv_table, init_weights
 
-__all__ = ["ModelInfo", "build_model", "check_bin_inputs", "check_input_size", "conv_table", "list_models",
-           "model_info", "register"]
+__all__ = ["Family", "ModelInfo", "build_model", "check_bin_inputs", "check_input_size", "conv_table",
+           "list_models", "model_info", "register", "unregister"]
 
-MODELS = {}  # name -> (builder(num_classes, in_channels, [binary_inputs]) -> nn.Module, Family, binarized, variant)
+NOT_FAMILIES = ("blocks", "__main__")  # modules of this package that register nothing
+
+
+class Entry(NamedTuple):
+    """One registered name: how to build it and the facts given at registration."""
+
+    builder: Callable  # builder(num_classes=, in_channels=[, binary_inputs=]) -> nn.Module
+    family: Family
+    binarized: bool
+    variant: str
+
+
+MODELS = {}  # name -> Entry
 
 
 def _binarized_by_name(name):
@@ -32,14 +50,30 @@ def _binarized_by_name(name):
 
 
 def register(name, builder, family, *, binarized=None, variant=None):
-    """Add ``name`` to the registry; ``builder(num_classes=, in_channels=[, binary_inputs=])`` returns the
-    model. ``binarized``: whether its weights are binarized by default (None: the original's naming).
-    ``variant``: the variant's name within its family (None: the name without the family's, "fp" if empty)."""
+    """Add ``name`` to the registry; ``builder(num_classes=, in_channels=[, binary_inputs=])`` returns the model.
+
+    ``binarized``: whether its weights are binarized by default (None: the original's naming, see
+    ``_binarized_by_name``). ``variant``: its name within the family as users know it ("fp", "wbin",
+    "fbin", "hybrid", "1w1a", ...; None: the name without the family's name, "fp" if nothing is left).
+    """
     if name in MODELS:
         raise ValueError(f"model {name!r} registered twice")
+    if not isinstance(family, Family):
+        raise TypeError(f"family of {name!r} must be a models.Family, got {type(family).__name__}")
     if variant is None:
         variant = name.replace(family.name, "", 1).strip("_") or "fp"
-    MODELS[name] = (builder, family, _binarized_by_name(name) if binarized is None else bool(binarized), variant)
+    if not isinstance(variant, str) or variant.split() != [variant]:
+        raise ValueError(f"variant of {name!r} must be one word, e.g. 'fbin', got {variant!r}")
+    MODELS[name] = Entry(builder, family, _binarized_by_name(name) if binarized is None else bool(binarized),
+                         variant)
+
+
+def unregister(name):
+    """Remove ``name`` from the registry (a model added for a while, e.g. by a test) and forget its cached facts."""
+    _entry(name)
+    del MODELS[name]
+    model_info.cache_clear()
+    _binarizable_inputs.cache_clear()
 
 
 def list_models():
@@ -61,7 +95,7 @@ def build_model(name, num_classes, in_channels=None, init=True, *, bin_inputs=No
     ``bin_inputs`` (conv indices, 1-based) replaces the variant's own choice of the convs whose input is
     binarized (``()``: every input real); ValueError for a conv that does not exist or cannot take one.
     """
-    builder, family, *_ = _entry(name)
+    builder, family = _entry(name)[:2]
     in_channels = family.in_channels if in_channels is None else in_channels
     if int(num_classes) < 1 or int(in_channels) < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
@@ -90,6 +124,7 @@ class ModelInfo:
     binary_inputs: tuple
     activation: str    # the activation binarizer of its binarized inputs ("sign" where it has none)
     variant: str       # the variant within the family ("fp", "wbin", "fbin", "hybrid", "1w1a", ...)
+    family_label: str  # the family's display name ("Sketch-A-Net", "ResNet-20", ...)
 
     @property
     def inputs_binarized(self):
@@ -98,12 +133,12 @@ class ModelInfo:
 
     @property
     def label(self):
-        """A display label: family and variant."""
-        return f"{self.family} {self.variant}"
+        """The display label, family and variant: "Sketch-A-Net fbin", "ResNet-20 1w1a"."""
+        return f"{self.family_label} {self.variant}"
 
 
 def _meta_build(name, **options):
-    builder, family, *_ = _entry(name)
+    builder, family = _entry(name)[:2]
     with torch.device("meta"):
         return builder(num_classes=2, in_channels=family.in_channels, **options)
 
@@ -111,7 +146,8 @@ def _meta_build(name, **options):
 @lru_cache(maxsize=None)
 def model_info(name):
     """The ModelInfo of ``name`` (the conv count comes from a build on the "meta" device: no memory)."""
-    _, family, binarized, variant = _entry(name)
+    entry = _entry(name)
+    family = entry.family
     model = _meta_build(name)
     num_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     start, end = family.bin_range
@@ -119,9 +155,9 @@ def model_info(name):
     return ModelInfo(name=name, family=family.name, default_inpsize=family.default_inpsize,
                      min_inpsize=family.input_sizes[0], max_inpsize=family.input_sizes[1],
                      default_in_channels=family.in_channels, bin_range=tuple(family.bin_range),
-                     bin_layers=bin_layers, binarized=binarized, num_convs=num_convs,
+                     bin_layers=bin_layers, binarized=entry.binarized, num_convs=num_convs,
                      binary_inputs=tuple(model.binary_inputs), activation=_activation_name(model),
-                     variant=variant)
+                     variant=entry.variant, family_label=family.label)
 
 
 def _activation_name(model):
@@ -148,11 +184,16 @@ def check_bin_inputs(name, indices):
 
 def check_input_size(name, size):
     """Raise ValueError unless ``name`` accepts ``size`` x ``size`` inputs."""
-    _, family, *_ = _entry(name)
-    lo, hi = family.input_sizes
+    lo, hi = _entry(name).family.input_sizes
     if not lo <= size <= hi:
         raise ValueError(f"{name} accepts input sizes {lo}..{hi}, got {size}")
 
 
-from . import (alexnet, bincifar, densenet, googlenet, mobilenet, nin, resnet, sdbnn,  # noqa: E402,F401
-               sketchanet, squeezenet, vgg)
+def _import_families():
+    """Import every family module of this package; each registers its names as it is imported."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in NOT_FAMILIES:
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_families()

@@ -1,8 +1,12 @@
-"""``python -m models NAME [--inpsize N] [--nClasses C] [--channels K] [--binInputs LIST]``: the conv table.
+"""``python -m models [NAME] [--inpsize N] [--nClasses C] [--channels K] [--binInputs LIST]``: the registry.
 
-Prints one row per nn.Conv2d in the order --binStart/--binEnd count them: index, module name, shape,
-whether its input is binarized (as the variant has it, or as ``--binInputs`` sets it), and the spatial
-size in and out, plus the family's accepted input sizes and the convs binarized by default (``*``). The model is built on the "meta" device, so even AlexNet costs
+Without NAME: one line per registered model with its facts (label, family, variant, whether its weights
+and inputs are binarized by default, activation binarizer, default input, convs).
+
+With NAME: its facts on the first line, then one row per nn.Conv2d in the order --binStart/--binEnd count
+them: index, module name, shape, whether its input is binarized (as the variant has it, or as
+``--binInputs`` sets it), and the spatial size in and out, plus the family's accepted input sizes and the
+convs binarized by default (``*``). The model is built on the "meta" device, so even AlexNet costs
 nothing. A bad name or size prints one line to stderr and exits with status 2.
 """
 
@@ -18,7 +22,8 @@ from . import build_model, check_input_size, conv_table, list_models, model_info
 
 def get_parser():
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
-    parser.add_argument("name", help=f"model name, one of: {', '.join(list_models())}")
+    parser.add_argument("name", nargs="?", default=None,
+                        help=f"model name, one of: {', '.join(list_models())} (none: list them all)")
     parser.add_argument("--inpsize", type=int, default=None, help="input side length (default: the family's)")
     parser.add_argument("--nClasses", type=int, default=250, help="number of classes (default: 250)")
     parser.add_argument("--channels", type=int, default=None, help="input channels (default: the family's)")
@@ -31,10 +36,19 @@ def _hw(hw):
     return "x".join(map(str, hw))
 
 
+def describe(info):
+    """The facts of a ModelInfo in words, e.g. "Sketch-A-Net fbin (family sketchanet, variant fbin): by
+    default binary weights and sign-binarized inputs at convs 2-7"."""
+    weights = "binary" if info.binarized else "real"
+    inputs = (f"{info.activation}-binarized inputs at convs {binarize.format_indices(info.binary_inputs)}"
+              if info.inputs_binarized else "real inputs")
+    return f"{info.label} (family {info.family}, variant {info.variant}): by default {weights} weights and {inputs}"
+
+
 def format_table(info, rows, inpsize, channels):
     """The printed report: a header line, the column titles and one line per conv."""
     chosen = set(info.bin_layers)
-    lines = [f"{info.name} (family {info.family}): {info.num_convs} convs, input {channels}x{inpsize}x{inpsize} "
+    lines = [f"{info.name}: {describe(info)}; {info.num_convs} convs, input {channels}x{inpsize}x{inpsize} "
              f"(accepts {info.min_inpsize}..{info.max_inpsize}); binarized by default: convs "
              f"{binarize.format_indices(info.bin_layers)} (*)",
              f"{'#':>3}  {'module':<28} {'in->out':>11} {'k/s/p':>8} {'groups':>6} {'bias':>4} "
@@ -49,8 +63,27 @@ def format_table(info, rows, inpsize, channels):
     return "\n".join(lines)
 
 
+def format_registry(names):
+    """One line per name: the name, then its facts (``describe``), default input and conv count."""
+    width = max(map(len, names))
+    lines = []
+    for name in names:
+        info = model_info(name)
+        lines.append(f"{name:<{width}}  {describe(info)}; input {info.default_in_channels}x{info.default_inpsize}"
+                     f"x{info.default_inpsize}, {info.num_convs} convs")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.name is None:
+        given = [flag for flag in ("inpsize", "channels", "binInputs") if getattr(args, flag) is not None]
+        if given:
+            print(f"python -m models: error: --{given[0]} needs a model NAME; give one, e.g. "
+                  f"python -m models sketchanetfbin --{given[0]} ...", file=sys.stderr)
+            return 2
+        print(format_registry(list_models()))
+        return 0
     try:
         info = model_info(args.name)
         inpsize = info.default_inpsize if args.inpsize is None else args.inpsize

@@ -11,7 +11,8 @@
   spatial arithmetic of the layers;
 - ``init_weights`` (the original's ``utils.weights_init``), ``dummy_forward`` and ``conv_table``.
 
-The layer facts come from the original code as described in spec/original-models.md.
+The layer facts come from the original DAB code's model files (its models/*.py), each family file naming
+the ones it follows.
 """
 
 from collections import OrderedDict
@@ -26,7 +27,11 @@ from binarize import make_activation
 
 @dataclass(frozen=True)
 class Family:
-    """What a family knows about itself, shared by all its variants."""
+    """What a family knows about itself, shared by all its variants.
+
+    ``name`` is the family's key (what ``ModelInfo.family`` holds), ``label`` its display name as papers
+    write it ("Sketch-A-Net", "ResNet-20"; the name where none is given).
+    """
 
     name: str
     default_inpsize: int
@@ -34,6 +39,11 @@ class Family:
     in_channels: int  # default number of input channels
     bin_range: tuple  # recommended (binStart, binEnd), as in the original run scripts
     bin_layers: tuple = None  # the convs binarized by default, where they are not one range (SD-BNN models)
+    label: str = None  # display name
+
+    def __post_init__(self):
+        if self.label is None:
+            object.__setattr__(self, "label", self.name)
 
 
 def conv_unit(cin, cout, kernel, stride=1, padding=0, *, groups=1, bias=False, binary_input=False,

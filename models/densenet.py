@@ -1,5 +1,5 @@
-"""DenseNet-BC for CIFAR as the original builds it, ``DenseNet3(depth=32)``: densenet
-(spec/original-models.md, section 1.9). Growth 12, bottleneck layers, compression 0.5, dropout 0.2
+"""DenseNet-BC for CIFAR as the original DAB code's models/densenet.py builds it, ``DenseNet3(depth=32)``:
+densenet, full precision. Growth 12, bottleneck layers, compression 0.5, dropout 0.2
 after every conv; 4 bottleneck layers per dense block, 3 blocks, 27 convs.
 
 Every conv is pre-activation: BN -> ReLU -> conv -> Dropout; a conv given a binarized input
@@ -32,7 +32,8 @@ DROPOUT = 0.2
 POOL_SIZE = 8  # avg_pool2d(8) before the Linear
 OPS = [(3, 1, 1)] + [(2, 2, 0)] * (NUM_BLOCKS - 1) + [(POOL_SIZE, POOL_SIZE, 0)]
 
-FAMILY = Family("densenet", default_inpsize=32, input_sizes=size_range(OPS), in_channels=3, bin_range=(2, 7))
+FAMILY = Family("densenet", default_inpsize=32, input_sizes=size_range(OPS), in_channels=3, bin_range=(2, 7),
+                label="DenseNet-BC-32")
 
 
 def preact_conv(cin, cout, kernel, padding, binary_input=False):
@@ -78,4 +79,4 @@ class DenseNet(Classifier):
         return self.fc(self.features(x).flatten(1))
 
 
-register("densenet", partial(DenseNet, family=FAMILY), FAMILY)
+register("densenet", partial(DenseNet, family=FAMILY), FAMILY, variant="fp")

@@ -1,6 +1,6 @@
 """GoogLeNet (Szegedy et al., 2015) with BN, as the original builds it for
-1-channel sketches, and its DAB variants: googlenet, googlenetwbin, googlenetfbin
-(spec/original-models.md, section 1.4).
+1-channel sketches, and its DAB variants: googlenet, googlenetwbin, googlenetfbin, as the original
+DAB code's models/googlenet*.py define them.
 
 57 convs: stem 1-3, then six per Inception in the order b1, b2 reduce, b2 3x3, b3 reduce, b3 5x5,
 b4 projection. Inception a4 keeps the original's 204-channel 3x3 branch (508 outputs, not 512).
@@ -45,7 +45,7 @@ def _spatial_ops():
 
 
 FAMILY = Family("googlenet", default_inpsize=224, input_sizes=size_range(_spatial_ops()), in_channels=1,
-                bin_range=(2, 100))
+                bin_range=(2, 100), label="GoogLeNet")
 
 VARIANTS = {  # suffix -> convs with sign-binarized input, bias on convs 2-57, dropout before the Linear
     "": dict(binary_inputs=(), conv_bias=True, dropout=0.0),
@@ -104,4 +104,4 @@ class GoogLeNet(Classifier):
 
 
 for suffix, cfg in VARIANTS.items():
-    register(f"googlenet{suffix}", partial(GoogLeNet, family=FAMILY, **cfg), FAMILY)
+    register(f"googlenet{suffix}", partial(GoogLeNet, family=FAMILY, **cfg), FAMILY, variant=suffix or "fp")

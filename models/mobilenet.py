@@ -1,5 +1,5 @@
-"""MobileNet v1 (Howard et al., 2017) for 1-channel sketches: mobilenet (spec/original-models.md,
-section 1.6). No binarized variant exists in the original.
+"""MobileNet v1 (Howard et al., 2017) for 1-channel sketches, as the original DAB code's models/mobilenet.py
+builds it: mobilenet, full precision. No binarized variant exists in the original.
 
 27 convs: stem 1, then a depthwise 3x3 (2j) and a pointwise 1x1 (2j+1) per block j = 1..13, each
 conv -> BN -> ReLU; AvgPool(7) -> Linear classifier (never counted by --binStart/--binEnd).
@@ -22,7 +22,7 @@ POOL_SIZE = 7  # AvgPool(7), stride 7
 OPS = [(3, 2, 1)] + [(3, stride, 1) for _, stride in BLOCKS] + [(POOL_SIZE, POOL_SIZE, 0)]
 
 FAMILY = Family("mobilenet", default_inpsize=224, input_sizes=size_range(OPS), in_channels=1,
-                bin_range=(2, 2 * len(BLOCKS) + 1))
+                bin_range=(2, 2 * len(BLOCKS) + 1), label="MobileNet")
 
 
 class MobileNet(Classifier):
@@ -43,4 +43,4 @@ class MobileNet(Classifier):
         return self.fc(self.features(x).flatten(1))
 
 
-register("mobilenet", partial(MobileNet, family=FAMILY), FAMILY)
+register("mobilenet", partial(MobileNet, family=FAMILY), FAMILY, variant="fp")

@@ -1,4 +1,9 @@
-"""Network-in-Network as in XNOR-Net's CIFAR-10 code: nin (spec/original-models.md, section 1.7).
+"""Network-in-Network as in XNOR-Net's CIFAR-10 code (Rastegari et al., 2016), which the original DAB
+code's models/nin.py follows: nin.
+
+XNOR-Net's NIN is a binary network: convs 2-8 take sign-binarized inputs, so its variant is "fbin". Its
+weights stay real unless --binaryWeight is given (recommended range 2..8, the convs with binarized
+inputs), as with the original's flags, whose full-precision-weight NIN log trained it that way.
 
 Conv 1 is full precision (conv -> BN(affine=False) -> ReLU); convs 2-8 are XNOR-Net BinConv2d units,
 BN(in, affine) -> sign -> [Dropout 0.5 on convs 4 and 7] -> conv (bias) -> ReLU; conv 9 is the
@@ -27,7 +32,8 @@ POOL_SIZE = 8  # final AvgPool(8, stride 1)
 OPS = ([(5, 1, 2)] + [row[1:] if row[0] in POOLS else (row[1], 1, row[2]) for row in LAYOUT]
        + [(1, 1, 0), (POOL_SIZE, 1, 0)])
 
-FAMILY = Family("nin", default_inpsize=32, input_sizes=size_range(OPS), in_channels=3, bin_range=(2, 8))
+FAMILY = Family("nin", default_inpsize=32, input_sizes=size_range(OPS), in_channels=3, bin_range=(2, 8),
+                label="NIN")
 
 
 class NIN(Classifier):
@@ -53,4 +59,4 @@ class NIN(Classifier):
         return self.features(x).flatten(1)
 
 
-register("nin", partial(NIN, family=FAMILY), FAMILY)
+register("nin", partial(NIN, family=FAMILY), FAMILY, binarized=False, variant="fbin")

@@ -1,6 +1,6 @@
 """ResNet-18 (He et al., 2016; torchvision layout) for 1-channel sketches, and its DAB variants:
-resnet18, resnetwbin18, resnetfbin18, resnethybrid18, resnethybridv218, resnethybridv318
-(spec/original-models.md, section 1.3).
+resnet18, resnetwbin18, resnetfbin18, resnethybrid18, resnethybridv218, resnethybridv318, as the
+original DAB code's models/resnet*.py define them.
 
 One BasicBlock calls ``conv_unit`` for conv1, conv2 and the downsample shortcut in that order, so
 the 21 convs are numbered as in every original ResNet file: stem 1, blocks 2-20 (downsamples 8, 13,
@@ -37,7 +37,7 @@ def _spatial_ops():
 
 
 FAMILY = Family("resnet", default_inpsize=224, input_sizes=size_range(_spatial_ops()), in_channels=1,
-                bin_range=(2, 100))
+                bin_range=(2, 100), label="ResNet-18")
 
 VARIANTS = {  # suffix -> convs with sign-binarized input (the rest are conv -> BN), bias on the classifier
     "": dict(binary_inputs=(), fc_bias=True),
@@ -88,4 +88,4 @@ class ResNet18(Classifier):
 
 
 for suffix, cfg in VARIANTS.items():
-    register(f"resnet{suffix}18", partial(ResNet18, family=FAMILY, **cfg), FAMILY)
+    register(f"resnet{suffix}18", partial(ResNet18, family=FAMILY, **cfg), FAMILY, variant=suffix or "fp")

@@ -1,7 +1,8 @@
 """SD-BNN's four model families, each as a 1w1a model and its full-precision twin: resnet20_1w1a and
 resnet20_fp, vgg_small_1w1a and vgg_small_fp, resnet18_1w1a and resnet18_cifar_fp (CIFAR), birealnet18
-and birealnet18_fp (ImageNet). The facts come from spec/sdbnn.md (sections 1-2), which describes the
-SD-BNN repository (pingxue-hfut/SD-BNN: cifar10/{ResNet20,VGG-Small,ResNet18}, imagenet/birealnet.py).
+and birealnet18_fp (ImageNet), as the SD-BNN repository (pingxue-hfut/SD-BNN:
+cifar10/{ResNet20,VGG-Small,ResNet18}, imagenet/birealnet.py) defines them. The binary ones are the
+"1w1a" variant of their family (1-bit weights, 1-bit activations), birealnet18 included.
 
 Every binary conv is SD-BNN's: activation binarizer -> 3x3 conv, no bias -> BN(out) (``sd_conv``, a
 ``conv_unit`` with ``binary_norm="post"``); the fp twin builds the same unit without the binarizer
@@ -89,16 +90,18 @@ def _global_pool_sizes(ops):
 # strided 3x3 conv's side, so the main path alone fixes the sizes. So does Bi-Real's ceil-mode pool.
 FAMILIES = {
     "resnet20": Family("resnet20", default_inpsize=32, in_channels=3, bin_range=(2, 19), bin_layers=RESNET20_BINARY,
+                       label="ResNet-20",
                        input_sizes=_global_pool_sizes([(3, 1, 1)] + _stage_ops(RESNET20_STAGES, RESNET20_BLOCKS, 2))),
     "vgg_small": Family("vgg_small", default_inpsize=32, in_channels=3, bin_range=(2, 6), bin_layers=VGG_SMALL_BINARY,
+                        label="VGG-Small",
                         input_sizes=size_range([op for _, pool in VGG_SMALL_CONVS
                                                 for op in [(3, 1, 1)] + [(2, 2, 0)] * pool], final=VGG_SMALL_SIDE)),
     "resnet18_cifar": Family("resnet18_cifar", default_inpsize=32, in_channels=3, bin_range=(2, 20),
-                             bin_layers=RESNET18_BINARY,
+                             bin_layers=RESNET18_BINARY, label="CIFAR ResNet-18",
                              input_sizes=size_range([(3, 1, 1)] + _stage_ops(RESNET18_STAGES, RESNET18_BLOCKS, 2)
                                                     + [(RESNET18_POOL, RESNET18_POOL, 0)])),
     "birealnet18": Family("birealnet18", default_inpsize=224, in_channels=3, bin_range=(2, 20),
-                          bin_layers=BIREAL18_BINARY,
+                          bin_layers=BIREAL18_BINARY, label="Bi-Real Net-18",
                           input_sizes=_global_pool_sizes([(7, 2, 3), (3, 2, 1)]
                                                          + _stage_ops(BIREAL18_STAGES, BIREAL18_BLOCKS, 1))),
 }
@@ -303,4 +306,5 @@ ARCHITECTURES = {"vgg_small": VGGSmall, **{name: partial(ResidualNet, **layout) 
 for name, (family_name, binarized) in VARIANTS.items():
     family = FAMILIES[family_name]
     register(name, partial(ARCHITECTURES[family_name], family=family,
-                           binary_inputs=family.bin_layers if binarized else ()), family, binarized=binarized)
+                           binary_inputs=family.bin_layers if binarized else ()), family, binarized=binarized,
+             variant="1w1a" if binarized else "fp")

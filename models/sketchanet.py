@@ -1,8 +1,9 @@
 """Sketch-A-Net (Yu et al., BMVC 2015) and its DAB variants: sketchanet, sketchanetwbin,
 sketchanetfbin, sketchanethybrid, sketchanethybridv2.
 
-One ConvStack built from the layer table below; the variants differ only in the settings of
-``VARIANTS`` (spec/original-models.md, section 1.2). Input 1 x 225 x 225; conv 8 is the classifier.
+One ConvStack built from the layer table below, as the original DAB code's models/sketchanet*.py
+define it; the variants differ only in the settings of ``VARIANTS``. Input 1 x 225 x 225; conv 8 is the
+classifier.
 """
 
 from functools import partial
@@ -17,7 +18,7 @@ POOL_AFTER = {1, 2, 5}
 DROPOUT_AFTER = {6, 7}
 
 FAMILY = Family("sketchanet", default_inpsize=225, input_sizes=size_range(stack_ops(CONVS, POOL, POOL_AFTER)),
-                in_channels=1, bin_range=(2, 7))
+                in_channels=1, bin_range=(2, 7), label="Sketch-A-Net")
 
 VARIANTS = {  # suffix -> convs (1-based) with sign-binarized input, bias on convs 2-7, Dropout2d p
     "": dict(binary_inputs=(), conv_bias=True, dropout=0.1),
@@ -29,4 +30,5 @@ VARIANTS = {  # suffix -> convs (1-based) with sign-binarized input, bias on con
 
 for suffix, cfg in VARIANTS.items():
     register(f"sketchanet{suffix}", partial(ConvStack, family=FAMILY, convs=CONVS, pool=POOL,
-                                            pool_after=POOL_AFTER, dropout_after=DROPOUT_AFTER, **cfg), FAMILY)
+                                            pool_after=POOL_AFTER, dropout_after=DROPOUT_AFTER, **cfg), FAMILY,
+             variant=suffix or "fp")

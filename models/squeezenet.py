@@ -1,6 +1,6 @@
 """SqueezeNet 1.0 (Iandola et al., 2016) with BN after every conv, for 1-channel sketches, and its DAB
 variants: squeezenet, squeezenetwbin, squeezenetfbin, squeezenethybrid, squeezenethybridv2,
-squeezenethybridv3 (spec/original-models.md, section 1.5).
+squeezenethybridv3, as the original DAB code's models/squeezenet*.py define them.
 
 26 convs: stem 1, then squeeze, expand1x1, expand3x3 of Fire2..Fire9 (2-25), classifier 26.
 A full-precision conv is conv -> BN -> ReLU, a binarized-input conv BN(in) -> sign -> conv -> ReLU.
@@ -33,7 +33,7 @@ def _spatial_ops():
 
 
 FAMILY = Family("squeezenet", default_inpsize=224, input_sizes=size_range(_spatial_ops()), in_channels=1,
-                bin_range=(2, 100))
+                bin_range=(2, 100), label="SqueezeNet")
 
 EXPANDS_3_TO_8 = (6, 7, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22)  # expand convs of Fire3..Fire8
 VARIANTS = {  # suffix -> convs with sign-binarized input, convs without bias (1 and 26 always have one)
@@ -89,4 +89,4 @@ class SqueezeNet(Classifier):
 
 
 for suffix, cfg in VARIANTS.items():
-    register(f"squeezenet{suffix}", partial(SqueezeNet, family=FAMILY, **cfg), FAMILY)
+    register(f"squeezenet{suffix}", partial(SqueezeNet, family=FAMILY, **cfg), FAMILY, variant=suffix or "fp")

@@ -1,5 +1,5 @@
-"""VGG-16 with BN for CIFAR (configuration D with extra Dropout2d): vgg16_bncifar
-(spec/original-models.md, section 1.8). 13 convs, each 3x3 (bias) -> BN -> ReLU; classifier
+"""VGG-16 with BN for CIFAR (configuration D with extra Dropout2d), as the original DAB code's models/vgg.py
+builds it: vgg16_bncifar, full precision. 13 convs, each 3x3 (bias) -> BN -> ReLU; classifier
 Dropout(0.4) -> Linear(512, C), never counted by --binStart/--binEnd. Default bin range 2..13 (all
 but the first conv; the original has none).
 
@@ -21,7 +21,8 @@ CFG = [64, 64, "M", 128, "D", 128, "M", 256, "D", 256, "D", 256, "M",
 OPS = [(2, 2, 0) if v == "M" else (3, 1, 1) for v in CFG if v != "D"]
 NUM_CONVS = sum(isinstance(v, int) for v in CFG)
 
-FAMILY = Family("vgg", default_inpsize=32, input_sizes=size_range(OPS), in_channels=3, bin_range=(2, NUM_CONVS))
+FAMILY = Family("vgg", default_inpsize=32, input_sizes=size_range(OPS), in_channels=3, bin_range=(2, NUM_CONVS),
+                label="VGG-16-BN")
 
 
 class VGG(Classifier):
@@ -45,4 +46,4 @@ class VGG(Classifier):
         return self.classifier(self.features(x).flatten(1))
 
 
-register("vgg16_bncifar", partial(VGG, family=FAMILY), FAMILY)
+register("vgg16_bncifar", partial(VGG, family=FAMILY), FAMILY, variant="fp")

@@ -1,7 +1,14 @@
-"""Tests of the datasets package on tiny trees of real PNG files in every supported layout."""
+"""Tests of the datasets package on tiny trees of real PNG files in every supported layout, and of its
+table of dataset records (a toy record is registered, read through the public API, and removed)."""
+import contextlib
+import dataclasses
 import os
 import pickle
 import socket
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -72,7 +79,7 @@ def test_tuberlin_native_from_parent_or_png_itself(tmp_path):
     files = tuberlin_native(tmp_path)
     for data_dir in (tmp_path, tmp_path / "png"):
         b = datasets.build("tuberlin", data_dir, inpsize=INP)
-        assert b.classes == CLASSES and b.num_classes == 3 and b.num_channels == 1
+        assert b.classes == CLASSES and b.num_classes == 3 and b.num_channels == datasets.SHAPES["tuberlin"][1] == 1
         assert len(b.train) + len(b.val) == len(files)
         x, y = b.train[0]
         assert x.shape == (1, INP, INP) and x.dtype == torch.float32 and isinstance(y, int)
@@ -135,7 +142,7 @@ def sketchy_native(root):
 def test_sketchy_native_testset_split(tmp_path, name):
     classes = sketchy_native(tmp_path)
     b = datasets.build(name, tmp_path, inpsize=INP)
-    assert b.classes == classes and b.num_channels == 1
+    assert b.classes == classes and b.num_channels == datasets.SHAPES[name][1] == 1
     assert val_files(b) == {"car_(sedan)/n00_0-1.png", "car_(sedan)/n00_0-2.png",
                             "hot-air_balloon/n01_0-1.png", "hot-air_balloon/n01_0-2.png"}
     assert len(b.train) == 8 and not any("_0-" in f for f in train_files(b))
@@ -184,7 +191,7 @@ def test_cifar_on_disk_format(tmp_path, hundred):
     for data_dir in (tmp_path, folder):
         b = datasets.build(name, data_dir, inpsize=32)
         assert (len(b.train), len(b.val)) == ((4, 4) if hundred else (20, 4))
-        assert b.num_classes == (100 if hundred else 10) and b.num_channels == 3
+        assert (b.num_classes, b.num_channels) == datasets.SHAPES[name] == ((100, 3) if hundred else (10, 3))
         x, y = b.train[0]
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
 
@@ -196,7 +203,7 @@ def test_imagenet_layout_rgb_and_grayscale(tmp_path):
                 os.makedirs(tmp_path / side / wnid, exist_ok=True)
                 Image.new("RGB", (70, 50), (200, 30, 30)).save(tmp_path / side / wnid / f"{k}.JPEG")
     b = datasets.build("imagenet12", tmp_path, inpsize=INP)
-    assert b.classes == ["n01440764", "n01443537"] and b.num_channels == 3
+    assert b.classes == ["n01440764", "n01443537"] and b.num_channels == datasets.SHAPES["imagenet12"][1] == 3
     assert b.train[0][0].shape == (3, INP, INP) and b.val[0][0].shape == (3, INP, INP)
     g = datasets.build("imagenet12", tmp_path, inpsize=INP, grayscale=True, ten_crop=True)
     assert g.num_channels == 1 and g.val[0][0].shape == (10, 1, INP, INP)
@@ -204,7 +211,8 @@ def test_imagenet_layout_rgb_and_grayscale(tmp_path):
 
 def test_digits_default():
     b = datasets.build("digits", None, inpsize=INP)
-    assert (len(b.train), len(b.val)) == (1437, 360) and b.num_classes == 10 and b.num_channels == 1
+    assert (len(b.train), len(b.val)) == (1437, 360)
+    assert (b.num_classes, b.num_channels) == datasets.SHAPES["digits"] == (10, 1)
     assert np.bincount(b.val.targets).min() >= 35
     x, _ = b.val[0]
     assert x.shape == (1, INP, INP)
@@ -262,7 +270,7 @@ def test_rotated_in_corners_are_background(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- cache
 
-def test_cache_matches_uncached_and_is_reused(tmp_path, monkeypatch):
+def test_cache_matches_uncached_and_is_reused(tmp_path):
     tuberlin_native(tmp_path)
     cache = tmp_path / "cache"
     plain = datasets.build("tuberlin", tmp_path, inpsize=INP, augment=False)
@@ -272,13 +280,21 @@ def test_cache_matches_uncached_and_is_reused(tmp_path, monkeypatch):
         for i in range(len(a)):
             torch.testing.assert_close(a[i][0], b[i][0], rtol=0, atol=0)
     built = os.listdir(cache)
-    # a second run reads the finished cache: no file is checked or decoded again
-    monkeypatch.setattr(datasets, "probe_all", lambda *a, **k: pytest.fail("files checked again"))
-    monkeypatch.setattr(datasets, "build_cache", lambda *a, **k: pytest.fail("cache built again"))
-    again = datasets.build("tuberlin", tmp_path / "png", inpsize=INP, ten_crop=True, cachemode=True, cache_dir=cache,
-                           fold=3)
-    assert again.val[0][0].shape == (10, 1, INP, INP) and os.listdir(cache) == built
-    monkeypatch.undo()
+    written = {f: os.stat(cache / built[0] / f).st_mtime_ns for f in os.listdir(cache / built[0])}
+    # a second run reads the finished cache: a file spoilt behind its back (same size and time, so the same
+    # cache key) is neither checked nor decoded again, and the cache is not rewritten
+    spoilt = tmp_path / "png" / plain.val.files[0]
+    good = spoilt.read_bytes()
+    spoil_keeping_stat(spoilt)
+    with pytest.raises(datasets.DataError, match="cannot read image"):
+        datasets.build("tuberlin", tmp_path, inpsize=INP)
+    again = datasets.build("tuberlin", tmp_path / "png", inpsize=INP, augment=False, cachemode=True, cache_dir=cache)
+    assert os.listdir(cache) == built
+    assert {f: os.stat(cache / built[0] / f).st_mtime_ns for f in os.listdir(cache / built[0])} == written
+    torch.testing.assert_close(again.val[0][0], cached.val[0][0], rtol=0, atol=0)
+    ten = datasets.build("tuberlin", tmp_path, inpsize=INP, ten_crop=True, cachemode=True, cache_dir=cache, fold=3)
+    assert ten.val[0][0].shape == (10, 1, INP, INP) and os.listdir(cache) == built
+    spoilt.write_bytes(good)
     # a changed file list gives a new cache and removes the stale one, and the leftovers of a killed build
     tag = built[0][:-25]
     (cache / f".tmp-{tag}-{'0' * 24}-{2 ** 22 + 1}@{socket.gethostname()}").mkdir()
@@ -295,30 +311,25 @@ def test_default_cache_dir_inside_data_dir_is_not_a_class(tmp_path):
     assert b2.classes == b.classes == CLASSES
 
 
-def test_interrupted_cache_build_is_never_taken_as_complete(tmp_path, monkeypatch):
+def test_a_cache_build_failing_halfway_is_never_taken_as_complete(tmp_path):
+    """An image whose header passes the check but whose pixels do not decode stops the cache build after
+    other files were decoded: no cache is left, and once the file is fixed the next build is complete."""
     tuberlin_native(tmp_path)
     cache = tmp_path / "cache"
-    from datasets import cache as cache_mod
-
-    calls = {"n": 0}
-    real = cache_mod._DecodeRows.__getitem__
-
-    def dies_halfway(self, k):
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise KeyboardInterrupt
-        return real(self, k)
-
-    monkeypatch.setattr(cache_mod._DecodeRows, "__getitem__", dies_halfway)
-    with pytest.raises(KeyboardInterrupt):
+    good = (tmp_path / "png" / "flying bird" / "6.png").read_bytes()
+    undecodable_png(tmp_path / "png" / "flying bird" / "6.png")
+    with pytest.raises(datasets.DataError, match=r"flying bird.6\.png"):
         datasets.build("tuberlin", tmp_path, inpsize=INP, cachemode=True, cache_dir=cache)
     assert not cache.exists()
-    monkeypatch.undo()
+    (tmp_path / "png" / "flying bird" / "6.png").write_bytes(good)
     b = datasets.build("tuberlin", tmp_path, inpsize=INP, cachemode=True, cache_dir=cache, augment=False)
     plain = datasets.build("tuberlin", tmp_path, inpsize=INP, augment=False)
-    torch.testing.assert_close(b.train[len(b.train) - 1][0], plain.train[len(plain.train) - 1][0])
+    assert b.description.endswith("cached") and b.train.files == plain.train.files
+    for i in range(len(b.train)):
+        torch.testing.assert_close(b.train[i][0], plain.train[i][0], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_datasets_pickle_and_load_in_workers(tmp_path):
     tuberlin_native(tmp_path)
     b = datasets.build("tuberlin", tmp_path, inpsize=INP, cachemode=True, cache_dir=tmp_path / "c", ten_crop=True)
@@ -335,6 +346,29 @@ def truncated_png(path):
     sketch_png(path, 7)
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
+
+
+def undecodable_png(path):
+    """A PNG whose chunks and checksums are intact (it passes PIL's verify) but whose pixel data is not
+    zlib data, so it fails only when decoded."""
+    sketch_png(path, 11)
+    data, out, pos = open(path, "rb").read(), bytearray(), 8
+    out += data[:8]
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IDAT":
+            body = bytes(v ^ 0x5A for v in body)
+        out += struct.pack(">I", length) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        pos += 12 + length
+    open(path, "wb").write(bytes(out))
+
+
+def spoil_keeping_stat(path):
+    """Overwrite ``path`` with junk of the same size and give it back its times."""
+    st = os.stat(path)
+    open(path, "wb").write(b"\0" * st.st_size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _missing(root):
@@ -372,6 +406,12 @@ def _truncated(root):
     return root / "d"
 
 
+def _undecodable(root):
+    tuberlin_native(root / "d")
+    undecodable_png(root / "d" / "png" / "cat" / "5.png")
+    return root / "d"
+
+
 def _garbage(root):
     tuberlin_native(root / "d")
     (root / "d" / "png" / "flying bird" / "8.PNG").write_bytes(b"not an image at all")
@@ -381,7 +421,8 @@ def _garbage(root):
 BAD = {"missing": (_missing, "does not exist"), "empty": (_empty, "is empty"),
        "unknown layout": (_unknown_layout, r"png/<class>/<n>\.png"),
        "empty class": (_empty_class, "empty class"), "class sets differ": (_class_sets_differ, "only in val"),
-       "truncated image": (_truncated, r"cat.3\.png"), "garbage image": (_garbage, r"8\.PNG")}
+       "truncated image": (_truncated, r"cat.3\.png"), "garbage image": (_garbage, r"8\.PNG"),
+       "image failing at decode": (_undecodable, r"cat.5\.png")}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -420,17 +461,115 @@ def test_cifar_missing_and_damaged(tmp_path):
 
 
 def test_unknown_dataset_name_lists_choices():
-    with pytest.raises(ValueError, match="tuberlin"):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; choose from tuberlin, sketchyrecognition, sketchy"):
         datasets.build("mnist", None, inpsize=32)
-    assert set(datasets.DATASETS) >= {"tuberlin", "sketchyrecognition", "sketchy", "cifar10", "cifar100",
-                                      "imagenet12", "digits"}
+    with pytest.raises(ValueError, match="unknown dataset"):
+        datasets.native_size("mnist")
+    assert "mnist" not in datasets.DATASETS and "mnist" not in datasets.SHAPES
+
+
+def test_names_shapes_and_sizes_are_views_of_the_records():
+    """The original's five --dataset names, Sketchy's short alias and the embedded digits, each with the
+    classes and channels it unpacks with; only CIFAR has one native image size."""
+    records = list(datasets.TABLE.values())
+    assert list(datasets.DATASETS) == [n for r in records for n in (r.name, *r.aliases)]
+    assert {"tuberlin", "sketchyrecognition", "sketchy", "cifar10", "cifar100", "imagenet12", "digits"} == \
+        set(datasets.DATASETS)
+    assert dict(datasets.SHAPES) == {"digits": (10, 1), "tuberlin": (250, 1), "sketchyrecognition": (125, 1),
+                                     "sketchy": (125, 1), "cifar10": (10, 3), "cifar100": (100, 3),
+                                     "imagenet12": (1000, 3)}
+    assert {n: datasets.native_size(n) for n in datasets.DATASETS} == \
+        {n: (32 if n.startswith("cifar") else None) for n in datasets.DATASETS}
+    assert datasets.record("sketchy") is datasets.record("sketchyrecognition")
+
+
+def test_grayscale_is_refused_where_it_does_not_apply(tmp_path):
+    tuberlin_native(tmp_path)
+    with pytest.raises(ValueError, match="grayscale=True applies to imagenet12 only; tuberlin"):
+        datasets.build("tuberlin", tmp_path, inpsize=INP, grayscale=True)
+
+
+# ---------------------------------------------------------------------------------------------- a new dataset
+
+def read_toy(name, data_dir, options):
+    """A toy reader: 12 images of 1 x 4 x 4 in ``<data_dir>/toy.pt`` (3 classes), train/val split 8/4,
+    upsampled to ``options.inpsize``; ten_crop repeats the image ten times."""
+    images, labels = torch.load(os.path.join(data_dir, "toy.pt"))
+    images = torch.nn.functional.interpolate(images, size=options.inpsize)
+    if options.ten_crop:
+        images = images.unsqueeze(1).expand(-1, 10, -1, -1, -1)
+    train = torch.utils.data.TensorDataset(images[:8], labels[:8])
+    val = torch.utils.data.TensorDataset(images[8:], labels[8:])
+    return datasets.DataBundle(train, val, 3, 1, ["a", "b", "c"], f"{name} {data_dir}: 8 train / 4 val")
+
+
+TOY = datasets.DatasetRecord("toyset", num_classes=3, channels=1, read=read_toy, native_size=4,
+                             aliases=("toy",), options=frozenset({"fold"}))
+
+
+@contextlib.contextmanager
+def toy_dataset():
+    """The toy record in the table for the duration of the block, then removed again."""
+    before = dict(datasets.TABLE)
+    try:
+        yield datasets.register(TOY)
+    finally:
+        datasets.TABLE.clear()
+        datasets.TABLE.update(before)
+
+
+def toy_data(root):
+    torch.manual_seed(0)
+    torch.save((torch.rand(12, 1, 4, 4), torch.arange(12) % 3), root / "toy.pt")
+    return root
+
+
+def test_a_new_dataset_is_one_record_and_reads_through_the_public_api(tmp_path):
+    data_dir = toy_data(tmp_path)
+    names = list(datasets.DATASETS)
+    with toy_dataset():
+        assert list(datasets.DATASETS) == names + ["toyset", "toy"]
+        assert datasets.SHAPES["toy"] == datasets.SHAPES["toyset"] == (3, 1) and datasets.native_size("toy") == 4
+        for name in ("toyset", "toy"):
+            b = datasets.build(name, data_dir, inpsize=8)
+            assert b.description == f"toyset {data_dir}: 8 train / 4 val"
+            assert (len(b.train), len(b.val), b.num_classes, b.num_channels) == (8, 4, 3, 1)
+        assert datasets.build("toy", data_dir, inpsize=8, ten_crop=True).val[0][0].shape == (10, 1, 8, 8)
+        train, val, _ = datasets.make_loaders(b.train, b.val, batch_size=4, test_batch_size=4, workers=0, seed=0)
+        xs, ys = next(iter(val))
+        assert xs.shape == (4, 1, 8, 8) and ys.tolist() == [2, 0, 1, 2]
+        assert sum(len(y) for _, y in train) == 8
+        with pytest.raises(datasets.DataError, match="point --data_dir at the unpacked toyset dataset"):
+            datasets.build("toy", tmp_path / "nope", inpsize=8)
+        with pytest.raises(ValueError, match="grayscale=True applies to imagenet12 only; toyset"):
+            datasets.build("toy", data_dir, inpsize=8, grayscale=True)
+    assert list(datasets.DATASETS) == names and "toy" not in datasets.SHAPES
+    with pytest.raises(ValueError, match="unknown dataset 'toyset'"):
+        datasets.build("toyset", data_dir, inpsize=8)
+
+
+def test_register_refuses_a_taken_name_and_an_unknown_option():
+    with toy_dataset():
+        for clash in (TOY, dataclasses.replace(TOY, name="other", aliases=("toy",)),
+                      dataclasses.replace(TOY, name="cifar10", aliases=())):
+            with pytest.raises(ValueError, match="registered twice"):
+                datasets.register(clash)
+        with pytest.raises(ValueError, match=r"unknown options \['folds'\]"):
+            datasets.register(dataclasses.replace(TOY, name="other", aliases=(), options=frozenset({"folds"})))
+        assert "other" not in datasets.DATASETS
+
+
+def test_a_dataset_without_data_dir_ignores_it():
+    digits = datasets.record("digits")
+    assert not digits.needs_data_dir
+    assert len(datasets.build("digits", "/no/such/folder", inpsize=INP).train) == 1437
 
 
 WORKER_EXIT = r"""
 import multiprocessing, subprocess, sys, time
 import torch
 sys.path.insert(0, {root!r})
-from datasets.loader import make_loaders
+from datasets import make_loaders
 from utils.signals import StopRequest
 
 class Bad(torch.utils.data.Dataset):
@@ -458,13 +597,12 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"), reason="needs sigwaitinfo (Linux)")
 def test_loader_workers_outlive_a_group_sigterm_and_never_hang_the_exit(tmp_path):
     """A worker ignoring SIGTERM outright made the process hang for ever at exit (multiprocessing
     terminates, then joins, the workers of a loader still alive then); CI hit this after a run stopped
     by a corrupt image."""
-    import subprocess
-    import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", WORKER_EXIT.format(root=root)], capture_output=True, text=True,
                           timeout=120)
