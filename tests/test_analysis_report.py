@@ -1,9 +1,10 @@
-"""Tests of analysis.report (results tables and figures from run folders), on synthetic run folders."""
+"""Tests of analysis.report (the CLI and what it writes), on synthetic run folders and real runs of main.py.
+
+``write_run``, ``run_tree``, ``read_csv`` and ``assert_png`` are shared with the other tests of analysis/."""
 
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from analysis import report as rp
+import models
+from analysis import figures, report as rp
 
 LAYERS = [(2, 16, 8), (3, 144, 8), (4, 72, 6)]  # (conv index, n, filters)
+MAX_LEGEND_RUNS = figures.MAX_LEGEND
 
 
 def write_run(root, name, *, dataset="digits", model_def="sketchanetwbin", binarizer="dab", seed=1, epochs=2,
@@ -21,7 +24,7 @@ def write_run(root, name, *, dataset="digits", model_def="sketchanetwbin", binar
     """A run folder as main.py writes it; ``old``: the format from before filters/ (fewer keys)."""
     folder = root / name
     folder.mkdir(parents=True)
-    args = {"dataset": dataset, "model_def": model_def, "binaryWeight": "wbin" in model_def or "fbin" in model_def,
+    args = {"dataset": dataset, "model_def": model_def, "binaryWeight": models.model_info(model_def).binarized,
             "binarizer": binarizer, "binActivation": "sign", "binStart": 2, "binEnd": 4, "manualSeed": seed,
             "epochs": epochs, "name": name, "logdir": str(root), "someNewFlag": [1, 2]}
     if not old:
@@ -64,10 +67,9 @@ def write_run(root, name, *, dataset="digits", model_def="sketchanetwbin", binar
     return folder
 
 
-@pytest.fixture
-def runs(tmp_path):
+def make_run_tree(tmp_path):
     """Two DAB seeds and one XNOR run (with filters/), an old-style fp run, an unfinished run, a corrupt
-    run and an empty folder, under tmp_path/logs (a sub-folder for depth)."""
+    run and an empty folder, under tmp_path/logs (a sub-folder for depth): ``(logs, empty, {key: folder})``."""
     logs = tmp_path / "logs"
     made = {
         "dab1": write_run(logs / "grid", "digits_wbin_dab_s1", seed=1, val=(40.123456789, 55.987654321),
@@ -88,13 +90,27 @@ def runs(tmp_path):
     return logs, empty, made
 
 
+@pytest.fixture
+def run_tree(tmp_path):
+    """make_run_tree in the test's own folder."""
+    return make_run_tree(tmp_path)
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def test_results_csv_equals_final_json(runs, tmp_path):
-    logs, empty, made = runs
+def assert_png(path):
+    """A 600 x 400 PNG with a drawing on it (more than a few colours)."""
+    image = imread(path)
+    assert image.shape[:2] == (400, 600), path
+    assert float(image[..., :3].var()) > 0, path
+    assert len(np.unique(image[..., :3].reshape(-1, 3), axis=0)) > 10, path
+
+
+def test_results_csv_equals_final_json(run_tree, tmp_path):
+    logs, empty, made = run_tree
     result = rp.report([logs, empty], tmp_path / "out")
     rows = {row["run"]: row for row in read_csv(tmp_path / "out" / "results.csv")}
     assert set(rows) == {"digits_wbin_dab_s1", "digits_wbin_dab_s2", "digits_wbin_xnor", "digits_fp_old",
@@ -108,6 +124,7 @@ def test_results_csv_equals_final_json(runs, tmp_path):
             assert float(row[field]) == final[field]
             assert json.dumps(final[field]) == row[field]  # the same text as final.json's
     assert rows["digits_wbin_dab_s1"]["weights"] == "wbin" and rows["digits_wbin_dab_s1"]["bin_layers"] == "2-4"
+    assert rows["digits_wbin_dab_s1"]["family"] == models.model_info("sketchanetwbin").family
     assert rows["digits_wbin_dab_s1"]["epochs_done"] == "2"
     assert float(rows["digits_wbin_dab_s1"]["sec_per_epoch"]) == pytest.approx(3.0)
     old = rows["digits_fp_old"]
@@ -117,51 +134,24 @@ def test_results_csv_equals_final_json(runs, tmp_path):
     assert running["finished"] == "no" and running["weights"] == "fbin" and running["activation"] == "sign"
     assert (float(running["best_top1"]), float(running["final_top1"]), running["epochs_done"]) == (30.0, 25.0, "3")
     assert len(result["runs"]) == 5
+    assert list(rows) == [run["run"] for run in result["runs"]]  # the file keeps the report's run order
 
 
-def test_table_groups_seeds_and_improvement(runs, tmp_path):
-    logs, _, _ = runs
-    rp.report([logs], tmp_path / "out")
-    table = read_csv(tmp_path / "out" / "results_table.csv")
-    final_rows = {row["method"]: row for row in table if row["metric"] == "final_top1"}
-    assert list(final_rows) == ["Full precision", "WBin XNOR-Net", "WBin DAB-Net", "WBin: XNOR-Net vs DAB-Net",
-                                "FBin DAB-Net"]
-    dab = final_rows["WBin DAB-Net"]
-    values = [55.987654321, 58.0312]
-    assert dab["model"] == "Sketch-A-Net"
-    assert float(dab["digits_mean"]) == pytest.approx(statistics.fmean(values))
-    assert float(dab["digits_std"]) == pytest.approx(statistics.stdev(values))
-    assert dab["digits_n"] == "2"
-    assert final_rows["WBin XNOR-Net"]["digits_n"] == "1" and final_rows["WBin XNOR-Net"]["digits_std"] == ""
-    gain = final_rows["WBin: XNOR-Net vs DAB-Net"]
-    assert gain["kind"] == "improvement"
-    assert float(gain["digits_mean"]) == pytest.approx(statistics.fmean(values) - 50.1)
-    assert final_rows["FBin DAB-Net"]["digits_unfinished"] == "yes"
-    best_rows = {row["method"]: row for row in table if row["metric"] == "best_top1"}
-    best_gain = float(best_rows["WBin: XNOR-Net vs DAB-Net"]["digits_mean"])
-    assert best_gain == pytest.approx(statistics.fmean(values) - 50.1)  # best = last epoch in these runs
-
-    md = (tmp_path / "out" / "results.md").read_text()
-    mean, std = statistics.fmean(values), statistics.stdev(values)
-    assert f"| WBin DAB-Net | Sketch-A-Net | {mean:.2f} ± {std:.2f} (n=2) |" in md
-    assert "| WBin XNOR-Net | Sketch-A-Net | 50.10 (n=1) |" in md
-    assert f"*WBin: XNOR-Net vs DAB-Net* | *Sketch-A-Net* | {mean - 50.1:+.2f} |" in md
-    assert md.index("Full precision") < md.index("WBin XNOR-Net") < md.index("WBin DAB-Net") < md.index("FBin DAB-Net")
-    assert "25.00 (n=1) †" in md
-
-
-def test_metric_best_leads(runs, tmp_path):
-    logs, _, _ = runs
-    rp.report([logs], tmp_path / "out", metric="best")
+def test_metric_best_leads(run_tree, tmp_path):
+    logs, _, _ = run_tree
+    result = rp.report([logs], tmp_path / "out", metric="best")
+    assert [table["metric"] for table in result["tables"]] == ["best", "final"]
     table = read_csv(tmp_path / "out" / "results_table.csv")
     assert table[0]["metric"] == "best_top1"
     fbin = [row for row in table if row["method"] == "FBin DAB-Net"]
     assert [row["metric"] for row in fbin] == ["best_top1", "final_top1"]
     assert [float(row["digits_mean"]) for row in fbin] == [30.0, 25.0]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.index("## Table: best val top-1") < md.index("## The same table: final val top-1")
 
 
-def test_skipped_runs_have_reasons(runs, tmp_path):
-    logs, empty, _ = runs
+def test_skipped_runs_have_reasons(run_tree, tmp_path):
+    logs, empty, _ = run_tree
     (logs / "no_args").mkdir()
     (logs / "no_args" / "metrics.csv").write_text("epoch,val_top1\n1,10\n")
     (logs / "no_rows").mkdir()
@@ -180,97 +170,30 @@ def test_skipped_runs_have_reasons(runs, tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     for name in ("broken", "no_args", "no_rows", "bad_json", "empty"):
         assert f"{name}`: {reasons[name]}" in md
+    assert f"5 runs (4 finished), {len(result['skipped'])} skipped." in md
 
 
-def test_corrupt_filters_keep_the_run(runs, tmp_path):
-    logs, _, made = runs
-    (made["xnor"] / "filters" / "layers.json").write_text(json.dumps(
-        [{"tag": "conv02", "index": 2, "name": "c", "method": "dab", "n": 16, "filters": 8}]))
-    (made["xnor"] / "filters" / "epoch_0002.npz").write_bytes(b"PK\x03\x04 truncated")
-    result = rp.report([logs], tmp_path / "out")
-    assert "digits_wbin_xnor" in {run["run"] for run in result["runs"]}
-    reason = {os.path.basename(s["path"]): s["reason"] for s in result["skipped"]}["digits_wbin_xnor"]
-    assert reason.startswith("filter figures skipped") and "epoch_0002.npz" in reason
-    assert not (tmp_path / "out" / "digits_wbin_xnor").exists()
-
-
-def assert_png(path):
-    image = imread(path)
-    assert image.shape[:2] == (400, 600), path
-    assert float(image[..., :3].var()) > 0, path
-    assert len(np.unique(image[..., :3].reshape(-1, 3), axis=0)) > 10, path
-
-
-def test_figures(runs, tmp_path):
-    logs, _, made = runs
+def test_every_figure_is_linked_from_results_md(run_tree, tmp_path):
+    logs, _, _ = run_tree
     out = tmp_path / "out"
     result = rp.report([logs], out)
-    expected = {"curves_val_top1.png", "curves_train_loss.png"}
-    for name in ("digits_wbin_dab_s1", "digits_wbin_dab_s2"):  # DAB runs with filters/
-        expected |= {f"{name}/{f}" for f in ("alpha_beta.png", "k_over_training.png", "k_across_layers.png")}
-    expected.add("digits_wbin_dab_s1/binarization_rmse.png")
-    pngs = {os.path.relpath(p, out).replace(os.sep, "/") for p in result["written"] if p.endswith(".png")}
-    assert pngs == expected  # no filter figures for XNOR, none for the runs without filters/
-    found = {os.path.relpath(os.path.join(d, f), out).replace(os.sep, "/")
-             for d, _, files in os.walk(out) for f in files if f.endswith(".png")}
-    assert found == expected
-    for name in expected:
-        assert_png(out / name)
+    pngs = [p for p in result["written"] if p.endswith(".png")]
+    assert pngs and all(os.path.isfile(p) for p in pngs)
     md = (out / "results.md").read_text()
-    assert "(digits_wbin_dab_s1/alpha_beta.png)" in md
+    for path in pngs:
+        relative = os.path.relpath(path, out).replace(os.sep, "/")
+        assert f"]({relative})" in md
 
 
-def test_weights_kind_and_family():
-    def kind(model_def, **args):
-        return rp.weights_kind(dict(model_def=model_def, **args))
-
-    assert kind("sketchanet", binaryWeight=False) == "fp"
-    assert kind("resnet20_fp") == "fp"
-    assert kind("sketchanetwbin", binaryWeight=True) == "wbin"
-    assert kind("sketchanetfbin", binaryWeight=True) == "fbin"
-    assert kind("resnet20_1w1a") == "fbin" and kind("birealnet18", binaryWeight=True) == "fbin"
-    assert kind("sketchanethybridv2", binaryWeight=True) == "hybrid"
-    assert kind("sketchanetwbin", binaryWeight=True, binLayers=[2, 3, 4], binInputs=[3]) == "hybrid"
-    assert kind("sketchanetwbin", binaryWeight=True, binLayers=[2, 3], binInputs=[2, 3, 4]) == "fbin"
-    assert kind("sketchanetfbin", binaryWeight=True, binLayers=[2, 3], binInputs=[]) == "wbin"
-    assert kind("sketchanetfbin", binaryWeight=False) == "abin"
-    families = {m: rp.family_of(m) for m in ("resnetwbin18", "resnethybridv218", "resnet18", "sketchanetfbin",
-                                             "googlenetfbin", "resnet20_1w1a", "resnet20_fp", "birealnet18",
-                                             "squeezenethybridv3", "vgg16_bncifar")}
-    assert families == {"resnetwbin18": "resnet", "resnethybridv218": "resnet", "resnet18": "resnet",
-                        "sketchanetfbin": "sketchanet", "googlenetfbin": "googlenet", "resnet20_1w1a": "resnet20",
-                        "resnet20_fp": "resnet20", "birealnet18": "birealnet",
-                        "squeezenethybridv3": "squeezenet", "vgg16_bncifar": "vgg16_bncifar"}
-    assert rp.compact_layers([9, 2, 3, 4, 5, 7]) == "2-5,7,9"
-
-
-def test_table_splits_rows_by_setting_and_orders_columns(tmp_path):
-    logs = tmp_path / "logs"
-    write_run(logs, "a", dataset="sketchy", filters=False, val=(10.0, 11.0))
-    write_run(logs, "b", dataset="tuberlin", filters=False, val=(12.0, 13.0))
-    write_run(logs, "c", dataset="tuberlin", filters=False, val=(14.0, 15.0), epochs=3,
-              extra={"binLayers": [2, 3]})
-    write_run(logs, "d", dataset="tuberlin", model_def="resnetwbin18", binarizer="xnor", filters=False,
-              val=(1.0, 2.0), extra={"binLayers": [2, 3]})
-    table = rp.report([logs], tmp_path / "out")["tables"][0]
-    assert table["datasets"] == ["tuberlin", "sketchyrecognition"]
-    dab = [(row["model"], row["settings"]) for row in table["rows"] if row["method"] == "WBin DAB-Net"]
-    assert dab == [("Sketch-A-Net", "bin 2-3, 3 epochs"), ("Sketch-A-Net", "bin 2-4, 2 epochs")]
-    xnor = [row for row in table["rows"] if row["method"] == "WBin XNOR-Net"]
-    assert [(row["model"], row["settings"]) for row in xnor] == [("ResNet-18", "")]
-    assert not any(row["kind"] == "improvement" for row in table["rows"])  # different families
-    md = (tmp_path / "out" / "results.md").read_text()
-    assert "| Method | Model | TU-Berlin | Sketchy |" in md
-
-
-def test_cli(runs, tmp_path, capsys):
-    logs, empty, _ = runs
+def test_cli(run_tree, tmp_path, capsys):
+    logs, empty, _ = run_tree
     out = tmp_path / "new" / "out"
     assert rp.main([str(logs), str(empty), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "5 runs (4 finished, 1 unfinished)" in printed
     assert f"skipped {logs / 'broken'}: corrupt metrics.csv" in printed
     assert "results.md" in printed and (out / "results.md").exists()
+    assert "figures in per-run folders" in printed
 
     assert rp.main([str(tmp_path / "nope"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -286,65 +209,85 @@ def test_cli(runs, tmp_path, capsys):
     assert exc.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 
-def test_cli_module_entry_point(tmp_path):
+def test_unwritable_output_is_one_line(run_tree, tmp_path, capsys):
+    logs, _, _ = run_tree
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert rp.main([str(logs), "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot make the output folder" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["analysis.report", "utils.report"])
+def test_cli_module_entry_points(tmp_path, module):
     write_run(tmp_path / "logs", "one", filters=False)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ok = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "logs" / "one"), "--out",
+    ok = subprocess.run([sys.executable, "-m", module, str(tmp_path / "logs" / "one"), "--out",
                          str(tmp_path / "out")], cwd=repo, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "1 runs (1 finished, 0 unfinished)" in ok.stdout
     assert sorted(os.listdir(tmp_path / "out")) == ["curves_train_loss.png", "curves_val_top1.png", "results.csv",
                                                     "results.md", "results_table.csv"]
-    bad = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "missing"), "--out",
+    bad = subprocess.run([sys.executable, "-m", module, str(tmp_path / "missing"), "--out",
                           str(tmp_path / "out2")], cwd=repo, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
-def test_many_runs_share_a_legend_entry_per_seed_group(tmp_path):
-    logs = tmp_path / "logs"
-    for seed in range(rp.MAX_LEGEND + 2):
-        write_run(logs, f"s{seed}", seed=seed, filters=False, val=(10.0 + seed, 20.0 + seed))
-    write_run(logs, "x", binarizer="xnor", filters=False)
-    result = rp.report([logs], tmp_path / "out")
-    assert len(result["runs"]) == rp.MAX_LEGEND + 3
-    assert_png(tmp_path / "out" / "curves_val_top1.png")
-    n = rp.MAX_LEGEND + 2
-    spread = statistics.stdev([20.0 + seed for seed in range(n)])
-    assert f"± {spread:.2f} (n={n})" in (tmp_path / "out" / "results.md").read_text()
+REAL_RUNS = {"nin_fp": ["--model_def", "nin", "--no-binaryWeight"],
+             "nin_dab": ["--model_def", "nin", "--binaryWeight", "--binarizer", "dab", "--calculateBinarizationLosses"],
+             "nin_xnor": ["--model_def", "nin", "--binaryWeight", "--binarizer", "xnor"],
+             "r20_sign": ["--model_def", "resnet20_1w1a", "--binarizer", "sign"],
+             "r20_sign_wsd_ede": ["--model_def", "resnet20_1w1a", "--binarizer", "sign", "--weightShift", "wsd",
+                                  "--backward", "ede"]}
 
 
-def test_report_of_real_runs_of_main(tmp_path):
-    """2-epoch runs of main.py (full precision, DAB and XNOR weights) and two SD-BNN-style ablations of one model:
-    results.csv equals each final.json, the improvement row is DAB minus XNOR, the parts that change a
-    binarizer (shift, EDE) keep runs apart, and every figure is drawn from the logged per-filter statistics."""
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    """2-epoch runs of main.py: full precision, DAB and XNOR weights, and two SD-BNN-style ablations."""
     import main
     from tinydata import split_tree
-    data = str(split_tree(tmp_path / "data", ["cat", "dog", "fish"], train_per_class=4, val_per_class=2,
+    tmp = tmp_path_factory.mktemp("real")
+    data = str(split_tree(tmp / "data", ["cat", "dog", "fish"], train_per_class=4, val_per_class=2,
                           subdir="tuberlin", size=32))
     common = ["--dataset", "tuberlin", "--data_dir", data, "--inpsize", "32", "--epochs", "2", "--batch-size", "4",
-              "--testbatchsize", "4", "--workers", "0", "--logdir", str(tmp_path / "runs")]
-    configs = {"nin_fp": ["--model_def", "nin", "--no-binaryWeight"],
-               "nin_dab": ["--model_def", "nin", "--binaryWeight", "--binarizer", "dab",
-                           "--calculateBinarizationLosses"],
-               "nin_xnor": ["--model_def", "nin", "--binaryWeight", "--binarizer", "xnor"],
-               "r20_sign": ["--model_def", "resnet20_1w1a", "--binarizer", "sign"],
-               "r20_sign_wsd_ede": ["--model_def", "resnet20_1w1a", "--binarizer", "sign", "--weightShift", "wsd",
-                                    "--backward", "ede"]}
-    for name, extra in configs.items():
-        assert main.main(common + extra + ["--name", name, "--store", str(tmp_path / "ckpt" / name)]) == 0
-    out = tmp_path / "report"
-    result = rp.report([str(tmp_path / "runs")], str(out))
+              "--testbatchsize", "4", "--workers", "0", "--logdir", str(tmp / "runs")]
+    for name, extra in REAL_RUNS.items():
+        assert main.main(common + extra + ["--name", name, "--store", str(tmp / "ckpt" / name)]) == 0
+    out = tmp / "report"
+    return tmp / "runs", out, rp.report([str(tmp / "runs")], str(out))
+
+
+@pytest.mark.slow
+def test_report_of_real_runs_of_main(real_runs):
+    """results.csv equals each final.json, the improvement row is DAB minus XNOR, the parts that change a
+    binarizer (shift, EDE) keep runs apart, and the filter figures come from the logged statistics."""
+    logs, out, result = real_runs
     assert not result["skipped"]  # the fp run has no per-filter statistics, and none are missed
-    assert not (tmp_path / "runs" / "nin_fp" / "filters").exists()
+    assert not (logs / "nin_fp" / "filters").exists()
     rows = {r["run"]: r for r in read_csv(out / "results.csv")}
-    for name in configs:
-        final = json.loads((tmp_path / "runs" / name / "final.json").read_text())
+    for name in REAL_RUNS:
+        final = json.loads((logs / name / "final.json").read_text())
         assert float(rows[name]["best_top1"]) == final["best_top1"]
         assert float(rows[name]["final_top1"]) == final["final_top1"]
+        assert rows[name]["family"] == models.model_info(REAL_RUNS[name][1]).family
     assert rows["r20_sign"]["binarizer"] == "sign" and rows["r20_sign_wsd_ede"]["binarizer"] == "sign+wsd+ede"
+    assert rows["nin_dab"]["weights"] == rows["nin_xnor"]["weights"] != "fp"
     md = (out / "results.md").read_text()
     diff = float(rows["nin_dab"]["final_top1"]) - float(rows["nin_xnor"]["final_top1"])
     assert "XNOR-Net vs DAB-Net" in md and f"{diff:+.2f}" in md
     for figure in ("curves_val_top1.png", "curves_train_loss.png", "nin_dab/alpha_beta.png",
                    "nin_dab/k_over_training.png", "nin_dab/k_across_layers.png", "nin_dab/binarization_rmse.png"):
         assert_png(out / figure)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("figure", [f.name for f in figures.figures()])
+def test_every_registered_figure_is_drawn_from_real_runs(real_runs, figure):
+    """Each registered figure draws from the logs main.py writes (a new figure is tested here as it is)."""
+    _, out, result = real_runs
+    output = {f.name: f for f in figures.figures()}[figure].output
+    drawn = [p for p in result["written"] if os.path.basename(p) == output]
+    assert drawn, f"no run of main.py gave {output}"
+    for path in drawn:
+        assert_png(path)
