@@ -1,15 +1,15 @@
-"""Packed 1-bit export of a binarized model, and loading it back.
+"""The 1-bit export format of a binarized model: writing it, and loading it back.
 
     report = export_model(model, "sketchanet.safetensors", config)  # {"bytes", "fp32_bytes", "ratio"}
     model, config = load_export("sketchanet.safetensors")          # rebuilt from the file alone, in eval
-    model, config, report = deploy.packed.load_packed("sketchanetfbin.safetensors")  # binary convs bit-packed
+    model, config, report = deploy.packed.load_packed("sketchanetfbin.safetensors")  # AND + popcount convs
     load_export_into(model, "sketchanet.safetensors")               # into a model built from the same flags
 
 The file is a .safetensors file. Each binarized conv ``name`` is stored as its two-value code
 ``W = beta + (alpha - beta) * e`` per filter:
 
 * ``name.weight.bits``: uint8, the mask e of the whole layer (C_out x C_in/groups x kh x kw values,
-  flattened in that order) packed 8 per byte, least significant bit first: ceil(n / 8) bytes;
+  flattened in that order) 8 per byte, least significant bit first: ceil(n / 8) bytes;
 * ``name.weight.alpha`` and/or ``name.weight.beta``: the per-filter values the layer's binarizer names
   in its ``scales`` (dtype of the weight): DAB keeps both; XNOR alpha only (beta = -alpha); BNN and sign
   neither (alpha = 1, beta = -1). The binarizer class (``binarize.WEIGHT_BINARIZERS``) encodes and decodes.
@@ -46,10 +46,9 @@ import models
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "ExportError", "DABInferenceConv2d", "export_model", "load_export", "load_export_into",
-           "layer_code",
-           "read_export", "pack_bits", "unpack_bits"]
+           "layer_code", "read_export", "pack_bits", "unpack_bits"]
 
-FORMAT = "dabnet-packed-1bit/1"
+FORMAT = "dabnet-packed-1bit/1"  # the tag every export carries since the first one; changing it orphans them
 RESERVED = ("format", "dabnet_version", "layers", "sha256", "bin_inputs", "activations")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -74,17 +73,17 @@ def _method(layer):
 
 
 def _stored(tensors, name, layer):
-    """The per-filter tensors a packed layer stores, by scale name."""
+    """The per-filter tensors a binarized layer stores, by scale name."""
     return {scale: tensors[f"{name}.weight.{scale}"] for scale in _method(layer).scales}
 
 
 def _scales(tensors, name, layer):
-    """Per-filter (alpha, beta) of a packed layer."""
+    """Per-filter (alpha, beta) of a binarized layer."""
     return _method(layer).decode_values(_stored(tensors, name, layer), layer["shape"][0], DTYPES[layer["dtype"]])
 
 
 def _mask(tensors, name, layer):
-    """The mask e of a packed layer, bool, in the weight's shape."""
+    """The mask e of a binarized layer, bool, in the weight's shape."""
     return unpack_bits(tensors[f"{name}.weight.bits"], math.prod(layer["shape"])).reshape(layer["shape"])
 
 
@@ -96,7 +95,7 @@ def layer_code(tensors, name, layer):
 
 
 def _decode(tensors, name, layer):
-    """The dense weight of a packed layer: per filter, alpha where e is set and beta elsewhere."""
+    """The dense weight of a binarized layer: per filter, alpha where e is set and beta elsewhere."""
     return _method(layer).decode(_mask(tensors, name, layer), _stored(tensors, name, layer), DTYPES[layer["dtype"]])
 
 
@@ -117,12 +116,13 @@ def _fp32_bytes(state):
 
 @torch.no_grad()
 def export_model(model, path, config):
-    """Write ``model`` to ``path`` (.safetensors) with its binarized convs packed to 1 bit per weight.
+    """Write ``model`` to ``path`` (.safetensors) with its binarized convs stored at 1 bit per weight.
 
     ``config`` (model_def, num_classes, in_channels, inpsize, bin range, binarizer, ...) goes into the
     header; :func:`load_export` needs at least model_def, num_classes and in_channels. The file holds what
-    the model computes: each binarized layer's code as its forward makes it. Returns ``{"bytes", "fp32_bytes", "ratio", "layers"}`` with ratio =
-    fp32_bytes / bytes and fp32_bytes the size of ``model.state_dict()`` in fp32.
+    the model computes: each binarized layer's code as its forward makes it. Returns ``{"bytes",
+    "fp32_bytes", "ratio", "layers"}`` with ratio = fp32_bytes / bytes and fp32_bytes the size of
+    ``model.state_dict()`` in fp32.
     """
     clash = sorted(set(config) & set(RESERVED))
     if clash:
@@ -138,7 +138,7 @@ def export_model(model, path, config):
         try:
             mask, stored = binarizer.encode(w_hat)
         except ValueError as exc:
-            raise ExportError(f"layer {name!r}: {exc} (NaN or a foreign parametrization?); it cannot be packed") \
+            raise ExportError(f"layer {name!r}: {exc} (NaN or a foreign parametrization?); it cannot be exported") \
                 from None
         tensors[f"{name}.weight.bits"] = pack_bits(mask)
         for scale, values in stored.items():
@@ -203,7 +203,7 @@ def read_export(path):
 
 
 def _check_layer(path, tensors, name, layer):
-    """Raise ExportError unless the packed tensors of ``name`` have the sizes its shape implies."""
+    """Raise ExportError unless the stored code of ``name`` (mask bytes, scales) has the sizes its shape implies."""
     try:
         shape, method, dtype = [int(d) for d in layer["shape"]], layer["method"], DTYPES[layer["dtype"]]
     except (KeyError, TypeError, ValueError):
@@ -215,7 +215,7 @@ def _check_layer(path, tensors, name, layer):
     want = -(-math.prod(shape) // 8)
     if bits is None or bits.dtype != torch.uint8 or tuple(bits.shape) != (want,):
         got = None if bits is None else f"{bits.dtype} {tuple(bits.shape)}"
-        raise ExportError(f"export {path!r}: layer {name!r} needs {want} packed bytes for shape {shape}, "
+        raise ExportError(f"export {path!r}: layer {name!r} needs {want} mask bytes for shape {shape}, "
                           f"found {got}")
     for scale in binarize.WEIGHT_BINARIZERS[method].scales:
         t = tensors.get(f"{name}.weight.{scale}")
@@ -226,9 +226,9 @@ def _check_layer(path, tensors, name, layer):
 
 
 def _plain_state(tensors, layers):
-    """The export as a plain state_dict: packed layers decoded to ``name.weight``."""
-    packed = {f"{name}.weight.{part}" for name, layer in layers.items() for part in ("bits",) + _method(layer).scales}
-    state = {k: v for k, v in tensors.items() if k not in packed}
+    """The export as a plain state_dict: binarized layers decoded from their code to ``name.weight``."""
+    code = {f"{name}.weight.{part}" for name, layer in layers.items() for part in ("bits",) + _method(layer).scales}
+    state = {k: v for k, v in tensors.items() if k not in code}
     for name, layer in layers.items():
         state[f"{name}.weight"] = _decode(tensors, name, layer)
     return state
@@ -237,7 +237,7 @@ def _plain_state(tensors, layers):
 def load_export_into(model, path, *, keep_latent=False):
     """Load the export at ``path`` into ``model``, built with the flags the export was made from.
 
-    Layers packed in the export get the decoded weight; everything else loads as from a state_dict.
+    Layers binarized in the export get the decoded weight; everything else loads as from a state_dict.
     A layer binarized in ``model`` (parametrized) cannot take the code as its latent and reproduce it
     exactly: the forward re-solves it, and the re-solved group means differ from the stored ones by float
     rounding. So by default its parametrization is removed and the decoded weight becomes a fixed plain
@@ -292,7 +292,7 @@ def _load_state(model, path, tensors, layers, keep_latent, assign=False):
 def load_export(path, device="cpu", *, inference_form=False, contents=None):
     """``(model, config)``: the model rebuilt from the export alone, in eval mode on ``device``.
 
-    Packed convs become plain convs with their decoded weights, or, with ``inference_form=True``,
+    Binarized convs become plain convs with their decoded weights, or, with ``inference_form=True``,
     :class:`DABInferenceConv2d` modules that run the factored form. ``contents`` is what
     :func:`read_export` returned for ``path``, when the caller has read the file already.
     """

@@ -73,25 +73,27 @@ class _Kernels:
         return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count))
 
     # -- input packing ---------------------------------------------------------------------------------------
-    def _build_pack(self):
+    def _build_compares(self):
+        """The packer's vector compares: ``bits16`` (16 channels of one pixel) and ``words16`` (16 pixels of up
+        to 64 channels). A value sets its bit when it is >= 0: sign(0) is +1, a NaN (unordered) counts as -1."""
         ir, types, cgutils, intrinsic = self._ir, self._types, self._cgutils, self._intrinsic
         i64 = ir.IntType(64)
         data, splat = self._data, self._splat
 
         @intrinsic
         def bits16(typingctx, x, off):
-            """uint64 whose bit j says x[off + j] > 0, j < 16 (one compare into a mask register)."""
+            """uint64 whose bit j says x[off + j] >= 0, j < 16 (one compare into a mask register)."""
             def codegen(context, builder, sig, args):
                 vtype = ir.VectorType(ir.FloatType(), 16)
                 ptr = builder.bitcast(builder.gep(data(context, builder, sig, args, 0), [args[1]]), vtype.as_pointer())
-                positive = builder.fcmp_ordered(">", builder.load(ptr, align=4), ir.Constant(vtype, [0.0] * 16))
+                positive = builder.fcmp_ordered(">=", builder.load(ptr, align=4), ir.Constant(vtype, [0.0] * 16))
                 return builder.zext(builder.bitcast(positive, ir.IntType(16)), i64)
             return types.uint64(x, types.intp), codegen
 
         @intrinsic
         def words16(typingctx, x, off, cstride, nbits, out):
             """Words of 16 consecutive pixels of a channel-major input, into out[0:16]: bit c of word p says
-            x[off + c * cstride + p] > 0 (c < nbits; one compare per channel, 16 pixels into a mask)."""
+            x[off + c * cstride + p] >= 0 (c < nbits; one compare per channel, 16 pixels into a mask)."""
             def codegen(context, builder, sig, args):
                 xptr, optr = data(context, builder, sig, args, 0), data(context, builder, sig, args, 4)
                 _, off, cstride, nbits, _ = args
@@ -101,14 +103,18 @@ class _Kernels:
                     c = loop.index
                     src = builder.gep(xptr, [builder.add(off, builder.mul(c, cstride))])
                     values = builder.load(builder.bitcast(src, ftype.as_pointer()), align=4)
-                    positive = builder.fcmp_ordered(">", values, ir.Constant(ftype, [0.0] * 16))
+                    positive = builder.fcmp_ordered(">=", values, ir.Constant(ftype, [0.0] * 16))
                     bit = splat(builder, builder.shl(ir.Constant(i64, 1), c), 16)
                     chosen = builder.select(positive, bit, ir.Constant(wtype, [0] * 16))
                     builder.store(builder.or_(builder.load(acc), chosen), acc)
                 builder.store(builder.load(acc), builder.bitcast(optr, wtype.as_pointer()), align=8)
                 return context.get_dummy_value()
             return types.void(x, types.intp, types.intp, types.intp, out), codegen
+        return bits16, words16
 
+    def _build_pack(self):
+        """The input packer: signs to bits, bit j of word w of a pixel set when channel 64 w + j is >= 0."""
+        bits16, words16 = self._build_compares()
         U = np.uint64
         prange = self._prange
         chunk = 256  # pixels of one channel-major task
@@ -139,7 +145,7 @@ class _Kernels:
                                 word |= bits16(xf, src + c0 + j) << U(j)
                                 j += 16
                             while j < n:
-                                if xf[src + c0 + j] > 0:
+                                if xf[src + c0 + j] >= 0:
                                     word |= U(1) << U(j)
                                 j += 1
                             of[dst + w] = word
@@ -166,7 +172,7 @@ class _Kernels:
                             for p in range(end - q):
                                 word = U(0)
                                 for j in range(n):
-                                    if xf[base + j * HW + q + p] > 0:
+                                    if xf[base + j * HW + q + p] >= 0:
                                         word |= U(1) << U(j)
                                 scratch[p] = word
                         y = q // W
@@ -181,6 +187,27 @@ class _Kernels:
         return pack
 
     # -- the conv ------------------------------------------------------------------------------------------
+    def _store_tile(self, builder, results, dsts, cn, block):
+        """IR that writes the tile's ``results`` (per pixel, per vector of 8 lanes) to the output rows ``dsts``:
+        whole vectors when the block is full (``cn == block``), else through a staging row, ``cn`` values."""
+        ir, cgutils = self._ir, self._cgutils
+        i64, f32 = ir.IntType(64), ir.FloatType()
+        ftype = ir.VectorType(f32, LANES)
+        with builder.if_else(builder.icmp_signed("==", cn, ir.Constant(i64, block))) as (full, partial):
+            with full:
+                for dst_row, row in zip(dsts, results):
+                    for v, values in enumerate(row):
+                        dst = builder.bitcast(builder.gep(dst_row, [ir.Constant(i64, v * LANES)]), ftype.as_pointer())
+                        builder.store(values, dst, align=4)
+            with partial:  # the last block of a layer whose C_out is not a multiple of the block
+                staging = cgutils.alloca_once(builder, ir.ArrayType(f32, block))
+                first = builder.gep(staging, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 0)])
+                for dst_row, row in zip(dsts, results):
+                    for v, values in enumerate(row):
+                        dst = builder.bitcast(builder.gep(first, [ir.Constant(i64, v * LANES)]), ftype.as_pointer())
+                        builder.store(values, dst, align=4)
+                    cgutils.raw_memcpy(builder, dst_row, first, cn, 4)
+
     def _build_tile(self, pixels, vectors):
         """The register tile: ``pixels`` output pixels x ``vectors`` * 8 output channels, every tap and word.
 
@@ -195,6 +222,9 @@ class _Kernels:
         data, splat = self._data, self._splat
         i64, f32 = ir.IntType(64), ir.FloatType()
         block = vectors * LANES
+
+        def store(builder, results, dsts, cn):
+            self._store_tile(builder, results, dsts, cn, block)
 
         @intrinsic
         def tile(typingctx, xf, i0, offs, wt, woff, nrow, rowlen, rowstride, out, ooffs, diff, beta, bias, etab,
@@ -255,20 +285,7 @@ class _Kernels:
                     results.append(row)
                 dsts = [builder.gep(outptr, [builder.add(builder.load(builder.gep(ooptr, [entry[p]])), c0)])
                         for p in range(pixels)]
-                with builder.if_else(builder.icmp_signed("==", cn, const(block))) as (full, partial):
-                    with full:
-                        for p in range(pixels):
-                            for v in range(vectors):
-                                dst = builder.bitcast(builder.gep(dsts[p], [const(v * LANES)]), ftype.as_pointer())
-                                builder.store(results[p][v], dst, align=4)
-                    with partial:  # the last block of a layer whose C_out is not a multiple of the block
-                        staging = cgutils.alloca_once(builder, ir.ArrayType(f32, block))
-                        first = builder.gep(staging, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 0)])
-                        for p in range(pixels):
-                            for v in range(vectors):
-                                dst = builder.bitcast(builder.gep(first, [const(v * LANES)]), ftype.as_pointer())
-                                builder.store(results[p][v], dst, align=4)
-                            cgutils.raw_memcpy(builder, dsts[p], first, cn, 4)
+                store(builder, results, dsts, cn)
                 return context.get_dummy_value()
             ints = (types.intp,) * 4
             return types.void(xf, types.intp, offs, wt, *ints, out, ooffs, diff, beta, bias, etab, eoffs, nvs,

@@ -1,5 +1,5 @@
-"""Bit-packed inference of exported binarized models: convs on sign-binarized inputs computed with AND +
-popcount over 64-bit words instead of float multiply-adds.
+"""Packed inference of exported binarized models: convs on sign-binarized inputs computed with AND +
+popcount over 64-bit words of input bits instead of float multiply-adds.
 
     model, config, report = load_packed("sketchanet.safetensors")            # PackedError if a layer can't pack
     model, config, report = load_packed("resnet.safetensors", fallback=True)  # such layers stay dense
@@ -8,12 +8,13 @@ popcount over 64-bit words instead of float multiply-adds.
 :class:`PackedConv2d` stands for a conv whose weight is two-valued per filter and whose input is the
 output of a sign; it packs the input along channels into machine words (one bit per value) and runs
 numba kernels whose inner loop is an 8-lane AND + popcount (vpopcntq where the CPU has AVX-512
-VPOPCNTDQ) over register tiles of pixels x output channels. :func:`packed_model` swaps it in for every
+VPOPCNTDQ) over register tiles of pixels x output channels. :func:`pack_model` swaps it in for every
 eligible conv of a dense model rebuilt from an export (``deploy.export.load_export``) and reports the
 binarized layers it cannot cover; :func:`load_packed` does both from a file. BN, pooling and every
 layer that is not packed stay in torch; the sign in front of a packed conv is folded into its packing
-(:class:`PreSign`). numba is imported on first use, so this module imports without it and raises
-:class:`PackedUnavailable` only when a packed conv is built.
+(:class:`PreSign`). As binarize's sign, the packing takes sign(0) = +1, so a packed model computes what
+the dense one does even where an activation is exactly 0. numba is imported on first use, so this module
+imports without it and raises :class:`PackedUnavailable` only when a packed conv is built.
 """
 
 import numpy as np
@@ -24,8 +25,8 @@ import binarize
 from deploy import export
 from deploy.kernels import LANES, WORD, PackedUnavailable, require_kernels
 
-__all__ = ["PackedError", "PackedUnavailable", "PackedConv2d", "PreSign", "packed_model", "load_packed",
-           "report_line"]
+__all__ = ["PackedError", "PackedUnavailable", "PackedConv2d", "PreSign", "pack_model", "load_packed",
+           "load_export_packed", "report_line"]
 
 class PackedError(ValueError):
     """A model (or export) with binarized layers that the packed path cannot run."""
@@ -41,9 +42,15 @@ def _pair(value, what):
 
 
 def _window_classes(size, kernel, stride, pad):
-    """Per output position along one axis, the index of its class of valid taps [lo, hi), and the classes."""
+    """Per output position along one axis, the index of its class of valid taps [lo, hi), and the classes.
+
+    A window that lies wholly in the padding (padding wider than the kernel) has no valid tap: its class
+    is an empty range, so the output there is the bias alone, as F.conv2d gives.
+    """
     start = np.arange((size + 2 * pad - kernel) // stride + 1) * stride
-    bounds = np.stack([np.maximum(0, pad - start), np.minimum(kernel, size + pad - start)], axis=1)
+    lo = np.clip(pad - start, 0, kernel)
+    hi = np.clip(size + pad - start, lo, kernel)
+    bounds = np.stack([lo, hi], axis=1)
     classes, index = np.unique(bounds, axis=0, return_inverse=True)
     return classes, index.reshape(-1).astype(np.int64)
 
@@ -53,10 +60,10 @@ class PackedConv2d(nn.Module):
 
     The weight is ``W[c] = beta[c] + (alpha[c] - beta[c]) * e[c]`` with ``e`` a bool mask of shape
     [C_out, C_in, kh, kw]; the input stands for values in {-1, +1} (a sign's output, or what the sign
-    would be applied to): a value > 0 counts as +1 and anything else as -1, so an exact 0
-    (``torch.sign(0)``) or a NaN counts as -1, where a dense conv on the sign's output adds nothing (or
-    NaN). With the input bits b (x = 2b - 1), per output position and filter, summing over the taps of
-    the window that fall inside the input (zero padding contributes nothing):
+    would be applied to): a value >= 0 counts as +1 and a negative one as -1, so an exact 0 counts as +1,
+    as binarize's sign maps it; a NaN counts as -1. With the input bits b (x = 2b - 1), per output
+    position and filter, summing over the taps of the window that fall inside the input (zero padding
+    contributes nothing; a window wholly in the padding gives the bias):
 
         conv(x, W) = beta * boxsum(x) + (alpha - beta) * conv(x, e)
         conv(x, e) = 2 * popcount(b & e) - popcount(e over the valid taps)
@@ -191,7 +198,7 @@ class PackedConv2d(nn.Module):
             raise ValueError(f"PackedConv2d runs on the CPU; got an input on {x.device}")
         dtype = x.dtype
         if dtype != torch.float32:
-            x = (x > 0).to(torch.float32)  # only the sign is read
+            x = (x >= 0).to(torch.float32) * 2 - 1  # only the sign is read (a NaN compares False: -1)
         elif x.requires_grad:
             x = x.detach()
         nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -227,9 +234,9 @@ class PackedConv2d(nn.Module):
 class PreSign(nn.Module):
     """An activation binarizer in front of a :class:`PackedConv2d`, minus its sign: ``pre_sign(x)``.
 
-    The packed conv reads only whether each input value is > 0, and ``sign(v) > 0`` exactly when
-    ``v > 0``, so the sign (a pass over the activation, ~5% of a packed ResNet-18's forward) is folded
-    into the packing; an input of exactly 0 counts as -1 either way.
+    The packed conv reads only whether each input value is >= 0, and the sign is +1 exactly when its
+    input is >= 0 (sign(0) = +1), so the sign (a pass over the activation, ~5% of a packed ResNet-18's
+    forward) is folded into the packing.
     """
 
     def __init__(self, binarizer):
@@ -289,7 +296,7 @@ def report_line(report):
 
 
 @torch.no_grad()
-def packed_model(model, layers, *, tensors=None, fallback=False, source="model"):
+def pack_model(model, layers, *, tensors=None, fallback=False, source="model"):
     """Replace every binarized conv of ``model`` that can run packed by a :class:`PackedConv2d`, in place.
 
     ``model`` is a dense model with plain convs (``deploy.export.load_export``), ``layers`` the export's
@@ -342,7 +349,7 @@ def load_packed(path, device="cpu", *, fallback=False):
 
     Reads and verifies the file (``deploy.export.read_export``: ExportError for a missing, truncated or
     tampered file), rebuilds the dense model (``load_export``) and swaps in :class:`PackedConv2d` for
-    every binarized conv that can run packed (:func:`packed_model`, whose report is returned). Layers
+    every binarized conv that can run packed (:func:`pack_model`, whose report is returned). Layers
     that cannot raise :class:`PackedError` unless ``fallback``, which runs them dense. Packed convs run on
     the CPU: another ``device`` raises PackedError, or with ``fallback`` gives the dense model there.
     """
@@ -357,9 +364,9 @@ def load_packed(path, device="cpu", *, fallback=False):
                        reason=f"packed convs run on the CPU, not {device}")
                   for name, _ in model.named_modules() if name in layers]
         return model.to(device).eval(), config, report
-    report = packed_model(model, layers, tensors=tensors, fallback=fallback, source=path)
+    report = pack_model(model, layers, tensors=tensors, fallback=fallback, source=path)
     return model.eval(), config, report
 
 
-# The name this function had when it lived in the export module.
+# The name this function had when it lived in the export module (the README still uses it).
 load_export_packed = load_packed

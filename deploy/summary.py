@@ -6,15 +6,16 @@
 One row per nn.Conv2d (numbered as --binStart/--binEnd count them) and per nn.Linear, in
 ``model.modules()`` order, then one row for all BatchNorm affine parameters and one for any other
 parameter. A binarized layer stores its weights at 1 bit each plus the per-filter scales its binarizer
-keeps in fp32 (its ``scales``): DAB alpha and beta per filter, XNOR one scale, BNN and sign none. Everything else (conv biases, BN weight and
-bias, Linear layers, unbinarized convs) counts as 32-bit parameters. BN running statistics are buffers
-and are not counted, so the full-precision size is 4 bytes per parameter. Byte counts pack each layer's
-bits on their own (ceil(n / 8) bytes), as deploy.export writes them.
+keeps in fp32 (its ``scales``): DAB alpha and beta per filter, XNOR one scale, BNN and sign none.
+Everything else (conv biases, BN weight and bias, Linear layers, unbinarized convs) counts as 32-bit
+parameters. BN running statistics are buffers and are not counted, so the full-precision size is 4
+bytes per parameter. Byte counts round each layer's bits up to whole bytes on their own (ceil(n / 8)
+bytes), as deploy.export stores them.
 
 MACs come from forward hooks on a dummy batch of 1: a conv costs out_h * out_w * C_out * (C_in / groups)
 * kh * kw, a Linear in * out. They are "weight-binary" when the conv's weights are binarized (its
 input may be real) and "fully binary" when its input is sign-binarized too (the model's declared
-``binary_inputs``): only those can run as XNOR + popcount.
+``binary_inputs``): only those can run as XNOR + popcount (deploy.packed's AND + popcount convs).
 """
 
 import copy

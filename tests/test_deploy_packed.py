@@ -1,7 +1,10 @@
-"""Tests of deploy.packed: the bit-packed conv against the dense conv of its decoded weight (every weight
-binarizer's code, odd channel counts, padding, stride, kernels 1 to 7, batches, both memory layouts),
-whole exported models run packed against their dense rebuild, and the one-line errors and the dense
+"""Tests of deploy.packed: the AND + popcount conv against the dense conv of its decoded weight (every
+weight binarizer's code, odd channel counts, padding up to wider than the kernel, stride, kernels 1 to 7,
+batches, both memory layouts, inputs of exactly 0), whole exported models run packed against their
+dense rebuild (inputs with exact zeros, the digits val set), and the one-line errors and the dense
 fallback for exports or environments that cannot run packed.
+
+sign(0) is +1 on both paths: the packing reads an input >= 0 as +1, as binarize's dense sign maps it.
 
 Binary networks amplify float rounding: a dense conv and the packed one round differently, a BN output
 within that rounding of 0 takes the other sign, and the flip spreads through the later layers. The
@@ -12,6 +15,7 @@ are checked layer by layer, each packed conv fed the dense model's own input.
 
 import io
 import os
+import subprocess
 import sys
 
 import pytest
@@ -21,12 +25,11 @@ from torch import nn
 
 import binarize
 import models
-from deploy import kernels, packed
-from deploy.export import ExportError, export_model, load_export
-from deploy.packed import (PackedConv2d, PackedError, PackedUnavailable, PreSign, load_packed, packed_model,
-                          report_line)
+from deploy.export import ExportError, export_model, load_export, read_export
+from deploy.packed import PackedConv2d, PackedError, PreSign, load_packed, pack_model, report_line
 
 pytest.importorskip("numba")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def signs(shape, seed):
@@ -69,22 +72,53 @@ CONV_CASES = [  # (method, c_in, c_out, kernel, stride, padding, batch, side)
 ]
 
 
+def dense_conv(x, conv):
+    """F.conv2d in float64 of what ``conv`` stands for: the sign of ``x`` (+1 at 0) times its dense weight."""
+    weight, bias = conv.dense_weight().double(), None if conv.bias is None else conv.bias.double()
+    return F.conv2d(torch.where(x >= 0, 1.0, -1.0).double(), weight, bias, conv.stride, conv.padding)
+
+
+def assert_matches_dense(conv, x):
+    ref = dense_conv(x, conv)
+    tol = 1e-6 * ref.abs().max().item() + 1e-6
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = conv(x.contiguous(memory_format=layout))
+        assert out.dtype == torch.float32 and out.shape == ref.shape
+        assert (out.double() - ref).abs().max().item() <= tol, layout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method, c_in, c_out, k, stride, padding, batch, side", CONV_CASES)
 def test_conv_matches_dense(method, c_in, c_out, k, stride, padding, batch, side):
     mask, alpha, beta = code_of(method, c_out, c_in, k, seed=c_in + c_out)
     bias = torch.randn(c_out, generator=torch.Generator().manual_seed(1)) if method == "arbitrary" else None
     conv = PackedConv2d(mask, alpha, beta, bias, stride, padding)
     x = signs((batch, c_in, side, side), seed=k)
+    assert_matches_dense(conv, x)
     weight = beta.view(-1, 1, 1, 1) + (alpha - beta).view(-1, 1, 1, 1) * mask
-    ref = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), stride, padding)
-    tol = 1e-6 * ref.abs().max().item() + 1e-6
-    for layout in (torch.contiguous_format, torch.channels_last):
-        out = conv(x.contiguous(memory_format=layout))
-        assert out.dtype == torch.float32 and out.shape == ref.shape
-        assert (out.double() - ref).abs().max().item() <= tol, layout
-        assert torch.allclose(out, F.conv2d(x, weight, bias, stride, padding), rtol=1e-5, atol=tol)
+    tol = 1e-6 * conv(x).abs().max().item() + 1e-6
+    assert torch.allclose(conv(x), F.conv2d(x, weight, bias, stride, padding), rtol=1e-5, atol=tol)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("c_in, k, stride, padding, side", [
+    (70, 1, 1, 2, 5),        # every output of the 2-wide border sees only padding
+    (65, 3, 2, 4, 6),        # windows wholly in the padding at stride 2
+    (64, 1, 2, (3, 1), 7),   # uneven padding: wider than the kernel along the rows only
+    (20, 2, 3, 5, 4),        # an even kernel, stride 3
+])
+def test_padding_wider_than_the_kernel(c_in, k, stride, padding, side):
+    """F.conv2d accepts padding wider than the kernel: windows wholly in the padding give the bias."""
+    mask, alpha, beta = code_of("arbitrary", 9, c_in, k, seed=c_in)
+    bias = torch.randn(9, generator=torch.Generator().manual_seed(2))
+    conv = PackedConv2d(mask, alpha, beta, bias, stride, padding)
+    x = signs((2, c_in, side, side), seed=c_in)
+    assert_matches_dense(conv, x)
+    corner = conv(x)[:, :, 0, 0]  # the top-left window lies in the padding in every case above
+    assert torch.equal(corner, bias.expand_as(corner))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("c_in, k, stride, padding", [(3, 3, 1, 1), (65, 5, 2, 2), (130, 3, 2, 3), (64, 1, 1, 0)])
 def test_integer_parts_exact(c_in, k, stride, padding):
     """alpha=1, beta=0 gives conv(x, e) = 2 popcount(b & e) - popcount(e) exactly; alpha=beta=1 boxsum(x)."""
@@ -98,14 +132,15 @@ def test_integer_parts_exact(c_in, k, stride, padding):
     assert torch.equal(box, F.conv2d(x, torch.ones(9, c_in, k, k), None, stride, padding))
 
 
-def test_buffers_state_dict_and_pickle():
+@pytest.mark.slow
+def test_state_dict_and_pickle():
     mask, alpha, beta = code_of("dab", 20, 70, 3, seed=5)
     conv = PackedConv2d(mask, alpha, beta, None, 1, 1)
-    assert conv.weight_bits.shape == (20, 3, 3, 2)
     assert torch.equal(conv.mask(), mask)
     assert torch.equal(conv.dense_weight(), beta.view(-1, 1, 1, 1) + (alpha - beta).view(-1, 1, 1, 1) * mask)
     other = PackedConv2d(torch.zeros_like(mask), alpha, beta, None, 1, 1)
     other.load_state_dict(conv.state_dict())
+    assert torch.equal(other.mask(), mask)
     x = signs((1, 70, 6, 6), seed=2)
     assert torch.equal(other(x), conv(x))
     saved = io.BytesIO()
@@ -114,14 +149,23 @@ def test_buffers_state_dict_and_pickle():
     assert torch.equal(torch.load(saved, weights_only=False)(x), conv(x))
 
 
-def test_zero_input_counts_as_minus_one_and_other_dtypes():
-    mask, alpha, beta = code_of("arbitrary", 12, 70, 3, seed=6)
+@pytest.mark.slow
+@pytest.mark.parametrize("c_in, side", [(70, 6), (16, 3), (5, 5)])
+def test_zero_input_counts_as_plus_one(c_in, side):
+    """sign(0) = +1: an input of exactly 0 (or -0.0) is read as +1, a NaN as -1, in every input dtype."""
+    mask, alpha, beta = code_of("arbitrary", 12, c_in, 3, seed=6)
     conv = PackedConv2d(mask, alpha, beta, None, 1, 1)
-    x = torch.sign(torch.randint(-1, 2, (2, 70, 6, 6)).float())
-    assert (x == 0).any()
-    assert torch.equal(conv(x), conv(torch.where(x > 0, 1.0, -1.0)))
+    x = torch.randint(-1, 2, (2, c_in, side, side)).float()
+    x[0, 0, 0, 0], x[1, -1, -1, -1] = 0.0, -0.0
+    assert (x == 0).sum() > 0.2 * x.numel()
+    assert_matches_dense(conv, x)
+    assert torch.equal(conv(x), conv(torch.where(x >= 0, 1.0, -1.0)))
+    assert torch.equal(conv(x.to(torch.int8)), conv(x))
     out64 = conv(x.double())
     assert out64.dtype == torch.float64 and torch.equal(out64, conv(x).double())
+    nan = x.clone()
+    nan[x == 0] = float("nan")
+    assert torch.equal(conv(nan), conv(torch.where(x > 0, 1.0, -1.0)))
 
 
 def test_geometry_errors():
@@ -171,18 +215,24 @@ def build(name, method="dab", num_classes=5, activation=None, dyadic=True, bin_r
     return model.eval()
 
 
+def side_of(name):
+    """The input side of the whole-model tests: the model's smallest, at least 32 (at most its default)."""
+    info = models.model_info(name)
+    return min(info.default_inpsize, max(info.min_inpsize, 32))
+
+
 def export(model, name, tmp_path, num_classes=5):
     path = os.path.join(tmp_path, f"{name}.safetensors")
     info = models.model_info(name)
     export_model(model, path, dict(model_def=name, num_classes=num_classes, in_channels=info.default_in_channels,
-                                   inpsize=info.min_inpsize))
+                                   inpsize=side_of(name)))
     return path
 
 
 def inputs(name, batch=2, seed=0):
     info = models.model_info(name)
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, info.default_in_channels, info.min_inpsize, info.min_inpsize, generator=g)
+    return torch.randn(batch, info.default_in_channels, side_of(name), side_of(name), generator=g)
 
 
 def assert_same_outputs(dense, packed_out):
@@ -190,8 +240,33 @@ def assert_same_outputs(dense, packed_out):
     torch.testing.assert_close(packed_out, dense, rtol=1e-5, atol=1e-5 * dense.abs().max().item())
 
 
+def count_sign_zeros(model):
+    """A list whose one item counts, as ``model`` runs, the inputs of exactly 0 its sign activations see."""
+    zeros = [0]
+
+    def count(module, args):
+        zeros[0] += int((args[0] == 0).sum())
+
+    for *_, binarizer in binarize.input_binarizers(model):
+        assert binarizer.name == "sign"  # its input is what it takes the sign of
+        binarizer.register_forward_pre_hook(count)
+    return zeros
+
+
+def zeros_pass_bn(model):
+    """Every other channel of each BN maps 0 to exactly 0 (running mean and bias 0): the zeros of the input, of
+    a ReLU or of a zero-padded shortcut reach the signs behind it."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean[::2] = 0
+                m.bias[::2] = 0
+    return model
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name, fallback, packed_count", [("sketchanetfbin", False, 6), ("resnetfbin18", True, 19)])
-def test_packed_model_matches_dense(name, fallback, packed_count, tmp_path):
+def test_load_packed_matches_dense(name, fallback, packed_count, tmp_path):
     path = export(build(name), name, tmp_path)
     dense, _ = load_export(path)
     model, config, report = load_packed(path, fallback=fallback)
@@ -211,6 +286,68 @@ def test_packed_model_matches_dense(name, fallback, packed_count, tmp_path):
         assert "\n" not in message and "conv 21 'fc'" in message and "--packed auto" in message
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, packed_count", [("sketchanetfbin", 6), ("resnetfbin18", 19), ("resnet20_1w1a", 18)])
+def test_exact_zeros_give_the_dense_log_probabilities(name, packed_count, tmp_path):
+    """One model of each family with binarized inputs, fed images with zero regions through BNs that keep
+    zeros: many signs see an exact 0, and the packed model gives the dense log-probabilities."""
+    path = export(zeros_pass_bn(build(name)), name, tmp_path)
+    dense, _ = load_export(path)
+    zeros = count_sign_zeros(dense)
+    model, _, report = load_packed(path, fallback=True)
+    assert sum(row["packed"] for row in report) == packed_count
+    x = inputs(name)
+    x[:, :, : x.shape[2] // 2] = 0  # an empty top half, as a sketch's background
+    x[torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.2] = 0
+    with torch.no_grad():
+        ref, out = F.log_softmax(dense(x), 1), F.log_softmax(model(x), 1)
+    assert zeros[0] > 1000
+    assert_same_outputs(ref, out)
+
+
+def calibrate_bn(model, images):
+    """BN running statistics from ``images`` (a train-mode pass, cumulative averages); the model back in eval."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(images)
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_digits_val_set_gives_the_dense_log_probabilities(tmp_path):
+    """A Sketch-A-Net fbin exported for the digits (1 channel, 10 classes, 225 px) with BNN weights (+-1, so
+    that both paths compute every binary conv exactly) and BN statistics from digits train images, every
+    other BN channel passing zeros (so that the ReLUs' zeros reach the signs): over the whole digits val set
+    the packed model gives the dense log-probabilities."""
+    import datasets
+    bundle = datasets.build("digits", None, inpsize=225, augment=False)
+    name = "sketchanetfbin"
+    torch.manual_seed(0)
+    model = models.build_model(name, bundle.num_classes, bundle.num_channels)
+    binarize.binarize_weights(model, *models.model_info(name).bin_range, "bnn")
+    calibrate_bn(model, torch.stack([bundle.train[i][0] for i in range(0, len(bundle.train), 24)]))
+    path = str(tmp_path / "digits.safetensors")
+    export_model(zeros_pass_bn(model), path, dict(model_def=name, num_classes=bundle.num_classes,
+                                                  in_channels=bundle.num_channels, inpsize=225, dataset="digits"))
+    dense, _ = load_export(path)
+    zeros = count_sign_zeros(dense)
+    packed_net, _, report = load_packed(path)
+    assert len(report) == 6 and all(row["packed"] for row in report)
+    images = torch.stack([bundle.val[i][0] for i in range(len(bundle.val))])
+    assert len(images) == 360
+    predicted = []
+    with torch.no_grad():
+        for batch in images.split(60):
+            ref = F.log_softmax(dense(batch), 1)
+            assert_same_outputs(ref, F.log_softmax(packed_net(batch), 1))
+            predicted += ref.argmax(1).tolist()
+    assert zeros[0] > 1000 and len(set(predicted)) > 1  # exact zeros seen, and outputs that vary by image
+
+
+@pytest.mark.slow
 def test_realistic_codes_layer_by_layer(tmp_path):
     """DAB's own codes (no dyadic values): each packed conv, fed the dense model's input, matches it."""
     name = "sketchanetfbin"
@@ -262,6 +399,7 @@ def test_uncovered_layers(name, activation, reason, tmp_path):
         assert torch.equal(model(x), dense(x))
 
 
+@pytest.mark.slow
 def test_partly_packable_model(tmp_path):
     """Only conv 4 has the (unpackable) dab activation: the other five run packed."""
     name = "sketchanetfbin"
@@ -276,15 +414,17 @@ def test_partly_packable_model(tmp_path):
         assert_same_outputs(dense(x), packed_net(x))
 
 
-def test_packed_model_reencodes_without_tensors(tmp_path):
+@pytest.mark.slow
+def test_pack_model_reencodes_without_tensors(tmp_path):
+    """Without the export's stored code, pack_model re-encodes each layer's weight through its binarizer."""
     name = "sketchanetfbin"
     path = export(build(name, method="xnor"), name, tmp_path)
-    from deploy.export import read_export
     _, _, layers = read_export(path)
     dense, _ = load_export(path)
     model, _ = load_export(path)
-    report = packed_model(model, layers)
-    assert all(row["packed"] for row in report)
+    report = pack_model(model, layers)
+    assert all(row["packed"] for row in report) and len(report) == 6
+    assert sum(isinstance(m, PackedConv2d) for m in model.modules()) == 6
     x = inputs(name)
     with torch.no_grad():
         assert_same_outputs(dense(x), model.eval()(x))
@@ -296,21 +436,41 @@ def test_non_cpu_device_is_refused(tmp_path):
         load_packed(path, device="cuda")
 
 
-def test_without_numba(tmp_path, monkeypatch):
+WITHOUT_NUMBA = """
+import sys
+sys.modules["numba"] = None  # import numba now raises ImportError
+import torch
+from deploy.packed import PackedConv2d, PackedUnavailable, load_packed
+try:
+    PackedConv2d(torch.ones(4, 8, 3, 3, dtype=torch.bool), torch.ones(4), -torch.ones(4))
+except PackedUnavailable as exc:
+    print("conv refused:", exc)
+try:
+    load_packed(sys.argv[1])
+except PackedUnavailable:
+    print("load refused")
+model, _, report = load_packed(sys.argv[1], fallback=True)
+print("fallback:", sum(row["packed"] for row in report), len(report),
+      sum(isinstance(m, PackedConv2d) for m in model.modules()), sorted({row["reason"] for row in report}))
+"""
+
+
+@pytest.mark.slow
+def test_without_numba(tmp_path):
+    """Where numba is missing, a packed conv or load is refused in one line and the fallback runs dense."""
     path = export(build("sketchanetfbin"), "sketchanetfbin", tmp_path)
-    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
-    monkeypatch.setattr(kernels, "_compiled", None)  # as if never compiled in this process
-    mask, alpha, beta = code_of("arbitrary", 4, 8, 3, seed=7)
-    with pytest.raises(PackedUnavailable, match="pip install numba.*--packed auto") as err:
-        PackedConv2d(mask, alpha, beta)
-    assert "\n" not in str(err.value)
-    with pytest.raises(PackedUnavailable):
-        load_packed(path)
-    model, _, report = load_packed(path, fallback=True)
-    assert not any(row["packed"] for row in report) and all("numba" in row["reason"] for row in report)
-    assert not any(isinstance(m, PackedConv2d) for m in model.modules())
+    done = subprocess.run([sys.executable, "-c", WITHOUT_NUMBA, path], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout
+    assert lines[0].startswith("conv refused: packed inference needs numba: pip install numba")
+    assert "--packed auto" in lines[0]
+    assert lines[1] == "load refused"
+    assert lines[2] == "fallback: 0 6 0 ['packed inference needs numba']"
 
 
+@pytest.mark.slow
 def test_main_evaluates_an_export_packed_like_dense(tmp_path, capsys):
     """``main.py --evaluate --pretrained_file X.safetensors --packed``: the same top-1 as the dense export,
     the loss within float rounding; an uncovered layer is refused unless --packed auto."""

@@ -1,4 +1,6 @@
-"""Tests of deploy.summary (bit-aware per-layer summary) and deploy.export (packed 1-bit .safetensors)."""
+"""Tests of deploy.export: the 1-bit .safetensors export format (writing, verifying, rebuilding a model
+from the file alone, loading into a model built from flags), and ``main.py --export`` /
+``--pretrained_file X.safetensors``."""
 
 import math
 import os
@@ -10,14 +12,11 @@ from safetensors.torch import load, save_file
 from torch.nn.utils import parametrize
 
 import binarize
-import main
 import models
+from deploy.export import (DABInferenceConv2d, ExportError, __version__, export_model, layer_code, load_export,
+                           load_export_into, pack_bits, read_export, unpack_bits)
 from tinydata import split_tree
-from deploy import export
 from utils.checkpoint import atomic_save
-from deploy.export import (DABInferenceConv2d, ExportError, __version__, export_model, load_export, load_export_into,
-                          pack_bits, read_export, unpack_bits)
-from deploy.summary import format_summary, summarize
 
 # (model_def, binarizer, bin range or None for the family's, input size or None for the smallest valid one)
 CASES = [
@@ -64,7 +63,16 @@ def sample(config, batch=1, seed=1):
     return torch.randn(batch, config["in_channels"], size, size, generator=g)
 
 
-@pytest.mark.parametrize("name,method,bin_range,inpsize", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+LARGEST = ("alexnet", "googlenet", "resnet")  # ImageNet-size families: several seconds each on 2 cores
+
+
+def case_params():
+    for case in CASES:
+        marks = [pytest.mark.slow] if case[0].startswith(LARGEST) else []
+        yield pytest.param(*case, marks=marks, id=f"{case[0]}-{case[1]}")
+
+
+@pytest.mark.parametrize("name,method,bin_range,inpsize", case_params())
 def test_export_reload_reproduces_outputs_and_packs_one_bit(name, method, bin_range, inpsize, tmp_path):
     config = config_of(name, method, bin_range, inpsize)
     model = build(config)
@@ -173,18 +181,20 @@ def test_damaged_export_is_refused_with_one_line(small_export, damage, message, 
     assert "\n" not in str(info.value)
 
 
-def test_packed_sizes_are_checked_against_shapes(small_export, tmp_path):
+@pytest.mark.parametrize("edit", ["shorten", "flip"])
+def test_rewritten_mask_is_refused(small_export, edit, tmp_path):
+    """A well-formed safetensors file whose mask bytes were changed after export (header kept) is refused."""
     path = tmp_path / "good.safetensors"
     path.write_bytes(small_export)
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata()
     tensors = load(small_export)
     key = next(k for k in tensors if k.endswith(".weight.bits"))
-    tensors[key] = tensors[key][:-1].clone()
-    header["sha256"] = export._digest(tensors, header)  # a consistent checksum: only the size check catches it
-    save_file(tensors, str(tmp_path / "short.safetensors"), metadata=header)
-    with pytest.raises(ExportError, match="packed bytes for shape"):
-        read_export(str(tmp_path / "short.safetensors"))
+    tensors[key] = tensors[key][:-1].clone() if edit == "shorten" else tensors[key] ^ 1
+    save_file(tensors, str(tmp_path / "edited.safetensors"), metadata=header)
+    with pytest.raises(ExportError, match="fails its sha256 check") as info:
+        read_export(str(tmp_path / "edited.safetensors"))
+    assert "\n" not in str(info.value)
 
 
 def test_foreign_safetensors_and_missing_file_are_refused(tmp_path):
@@ -193,6 +203,27 @@ def test_foreign_safetensors_and_missing_file_are_refused(tmp_path):
         read_export(str(tmp_path / "other.safetensors"))
     with pytest.raises(ExportError, match="does not exist"):
         read_export(str(tmp_path / "none.safetensors"))
+
+
+def test_layer_code_and_read_contents_rebuild_the_same_model(small_export, tmp_path):
+    path = str(tmp_path / "m.safetensors")
+    with open(path, "wb") as f:
+        f.write(small_export)
+    contents = read_export(path)
+    tensors, config, layers = contents
+    assert config["model_def"] == "densenet" and len(layers) == 6
+    from_file, _ = load_export(path)
+    from_contents, _ = load_export(path, contents=contents)
+    modules = dict(from_file.named_modules())
+    for name, layer in layers.items():
+        mask, alpha, beta = layer_code(tensors, name, layer)
+        weight = modules[name].weight
+        assert mask.dtype == torch.bool and mask.shape == weight.shape and 0 < mask.sum() < mask.numel()
+        per_filter = (-1,) + (1,) * (weight.dim() - 1)
+        assert torch.equal(torch.where(mask, alpha.view(per_filter), beta.view(per_filter)), weight)
+    file_state, contents_state = from_file.state_dict(), from_contents.state_dict()
+    assert file_state.keys() == contents_state.keys()
+    assert all(torch.equal(file_state[k], contents_state[k]) for k in file_state)
 
 
 @pytest.mark.parametrize("count", [1, 7, 8, 9, 1000])
@@ -240,65 +271,6 @@ def test_load_export_inference_form_matches_dense_model(tmp_path):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
-# Sketch-A-Net, 250 classes, 225 x 225, DAB on convs 2..7, computed by hand from the layer table
-# (spec/original-models.md 1.2): spatial outputs 71, 31, 15, 15, 15, 1, 1, 1; wbin has no bias on convs 2..7.
-# (index, 1-bit params, 32-bit params, bytes, MACs, MAC kind)
-SKETCHANET_TABLE = [
-    (1, 0, 64 * 15 * 15 + 64, 57_856, 71 * 71 * 64 * 225, "fp"),            # 72,590,400
-    (2, 128 * 64 * 25, 2 * 128, 25_600 + 1_024, 31 * 31 * 128 * 1_600, "w1"),  # 196,812,800
-    (3, 256 * 128 * 9, 2 * 256, 36_864 + 2_048, 15 * 15 * 256 * 1_152, "w1"),
-    (4, 256 * 256 * 9, 2 * 256, 73_728 + 2_048, 15 * 15 * 256 * 2_304, "w1"),
-    (5, 256 * 256 * 9, 2 * 256, 73_728 + 2_048, 15 * 15 * 256 * 2_304, "w1"),
-    (6, 512 * 256 * 49, 2 * 512, 802_816 + 4_096, 512 * 12_544, "w1"),
-    (7, 512 * 512, 2 * 512, 32_768 + 4_096, 512 * 512, "w1"),
-    (8, 0, 512 * 250 + 250, 513_000, 512 * 250, "fp"),
-]
-
-
-def test_summary_of_sketchanet_matches_hand_computed_table():
-    config = config_of("sketchanetwbin", "dab", num_classes=250, inpsize=225)
-    model = build(config)
-    latent = {n: c.parametrizations.weight.original.clone() for _, n, c, _ in binarize.binarized_layers(model)}
-    summary = summarize(model, 225, 1)
-    rows = summary["rows"]
-    convs = [r for r in rows if r["kind"] == "conv"]
-    got = [(r["index"], r["bits"], r["fp32"], r["bytes"], r["macs"], r["mac_kind"]) for r in convs]
-    assert got == SKETCHANET_TABLE
-    assert [r["weights"] for r in convs] == ["fp"] + ["dab"] * 6 + ["fp"]
-    assert not any(r["binary_input"] for r in convs)
-    (bn,) = [r for r in rows if r["kind"] == "bn"]
-    assert bn["fp32"] == 2 * (64 + 128 + 3 * 256 + 2 * 512) == 3_968
-    t = summary["totals"]
-    assert t["params"] == 8_510_714  # spec/original-models.md: sketchanetwbin at C = 250
-    assert t["binarized_params"] == 8_364_032
-    assert t["fp32_bytes"] == 34_042_856
-    assert t["bytes"] == 1_045_504 + 4 * (146_682 + 3_840) == 1_647_592  # about 1.64 MB
-    assert round(t["ratio"], 1) == 20.7
-    assert t["macs"] == 607_991_872
-    assert t["weight_binary_macs"] == 535_273_472 and t["binary_macs"] == 0
-    for n, c in ((n, c) for _, n, c, _ in binarize.binarized_layers(model)):
-        assert torch.equal(c.parametrizations.weight.original, latent[n])  # summarize changed nothing
-    text = format_summary(summary, title="t")
-    assert "1,647,592" in text and "20.66x" in text
-
-
-def test_summary_counts_fully_binary_macs_and_scales_per_method():
-    for method, scales in (("dab", 2), ("xnor", 1), ("bnn", 0)):
-        model = build(config_of("sketchanetfbin", method, num_classes=250, inpsize=225))
-        t = summarize(model, 225, 1)["totals"]
-        assert t["scale_params"] == scales * (128 + 256 * 3 + 512 * 2)
-        assert t["binary_macs"] == t["weight_binary_macs"] == 535_273_472
-
-
-def test_main_summary_prints_table(capsys):
-    argv = ["--summary", "--dataset", "tuberlin", "--model_def", "sketchanetwbin", "--nClasses", "250",
-            "--inpsize", "225", "--binaryWeight", "--binStart", "2", "--binEnd", "7", "--binarizer", "dab"]
-    assert main.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "features.conv6.conv" in out and "512x256x7x7" in out
-    assert "1,647,592 bytes" in out and "20.66x" in out and "535,273,472 (88.0%)" in out
-
-
 def save_checkpoint(model, config, path):
     args = {k: config[k] for k in ("model_def", "binaryWeight", "binStart", "binEnd", "binarizer", "binActivation",
                                    "inpsize")}
@@ -307,6 +279,7 @@ def save_checkpoint(model, config, path):
 
 
 def test_main_export_of_sketchanetwbin_is_over_20x_smaller(tmp_path, capsys):
+    import main
     config = config_of("sketchanetwbin", "dab", num_classes=250, inpsize=225)
     model = build(config)
     x = sample(config)
@@ -327,6 +300,7 @@ def test_main_export_of_sketchanetwbin_is_over_20x_smaller(tmp_path, capsys):
 
 
 def test_main_evaluates_an_export_like_its_checkpoint(tmp_path, capsys):
+    import main
     data = str(split_tree(tmp_path / "data", ["alarm clock", "bear"], train_per_class=1, val_per_class=2,
                           subdir="tuberlin"))
     # convs 2..5 only: conv 6's 6.4M weights would be solved four times for nothing
