@@ -2,8 +2,10 @@
 plus ours.
 
 ``get_parser()`` returns the parser (tests and scripts reuse it); ``parse(argv)`` also checks every value
-and resolves the defaults that depend on other flags (model input size, binarized layers, binarizer
-parts, names and folders). Bad values end the program with one line on stderr and exit status 2.
+and resolves the defaults that depend on other flags (model input size, the native size of CIFAR,
+binarized layers, binarizer parts). Bad values end the program with one line on stderr and exit status 2.
+The namespace ``parse`` returns is final: nothing changes it afterwards. The run folders, which may come
+from a checkpoint, are resolved by ``launch.folders`` into a plan of their own.
 """
 
 import argparse
@@ -105,19 +107,33 @@ def criterion_name(value):
 
 
 def get_parser():
+    """The parser of every flag, in groups (``--help`` lists them so)."""
     p = Parser(prog="main.py", description="Train and evaluate binarized networks: DAB (Prabhu et al., WACV 2018), "
                "its baselines and SD-BNN.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("data")
+    _data_flags(p.add_argument_group("data"))
+    _model_flags(p.add_argument_group("model and binarization"))
+    _optimisation_flags(p.add_argument_group("optimisation"))
+    _distillation_flags(p.add_argument_group("distillation"))
+    _run_flags(p.add_argument_group("run, logs and checkpoints"))
+    _speed_flags(p.add_argument_group("speed and scale"))
+    _tool_flags(p.add_argument_group("model tools"))
+    return p
+
+
+def _data_flags(g):
     g.add_argument("--dataset", default="digits", choices=datasets.DATASETS,
                    help="dataset; 'digits' is the embedded default (scikit-learn's handwritten digits, no download)")
-    g.add_argument("--data_dir", default=None, help="dataset folder (as downloaded, or the original's train/val layout)")
+    g.add_argument("--data_dir", default=None,
+                   help="dataset folder (as downloaded, or the original's train/val layout)")
     g.add_argument("--nClasses", type=positive_int, default=None,
                    help="number of classes; checked against the data when given, else taken from it")
     g.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     g.add_argument("--batch-size", type=positive_int, default=64, help="training batch size (per process)")
     g.add_argument("--testbatchsize", type=positive_int, default=64, help="validation batch size (per process)")
-    g.add_argument("--tenCrop", action="store_true", help="validate on ten crops per image, averaging log-probabilities")
-    g.add_argument("--inpsize", type=positive_int, default=None, help="input size; default: the model's own")
+    g.add_argument("--tenCrop", action="store_true",
+                   help="validate on ten crops per image, averaging log-probabilities")
+    g.add_argument("--inpsize", type=positive_int, default=None,
+                   help="input size; default: the model's own (CIFAR is always read at its native 32)")
     g.add_argument("--cachemode", action=BoolFlag, default=False,
                    help="decode and resize every image once into a uint8 cache on disk and train from it")
     g.add_argument("--cacheDir", default=None, help="where --cachemode keeps its cache (default: beside the data)")
@@ -131,7 +147,8 @@ def get_parser():
     g.add_argument("--dataNorm", default="dataset", choices=("dataset", "imagenet"),
                    help="CIFAR normalisation: the dataset's mean/std, or ImageNet's (SD-BNN's recipe)")
 
-    g = p.add_argument_group("model and binarization")
+
+def _model_flags(g):
     g.add_argument("--model_def", default="sketchanetwbin", choices=models.list_models(), help="architecture")
     g.add_argument("--weight_init", action="store_false",
                    help="pass to DISABLE the original's Kaiming (fan_out) initialisation (store_false, as originally)")
@@ -161,7 +178,8 @@ def get_parser():
     g.add_argument("--calculateWeightBinarizationLosses", action="store_true",
                    help="report, per binarized conv, the RMS difference between real and binarized outputs on val")
 
-    g = p.add_argument_group("optimisation")
+
+def _optimisation_flags(g):
     g.add_argument("--epochs", type=positive_int, default=2, help="number of epochs")
     g.add_argument("--optimType", default="adam", choices=OPTIMIZERS, help="optimizer")
     g.add_argument("-criterion", "--criterion", dest="criterion", default="nllloss", type=criterion_name,
@@ -179,7 +197,8 @@ def get_parser():
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD only)")
     g.add_argument("--weightDecay", type=float, default=0.0, help="weight decay")
 
-    g = p.add_argument_group("distillation")
+
+def _distillation_flags(g):
     g.add_argument("--teacher", default=None, metavar="PATH",
                    help="teacher: a checkpoint of ours, or with --teacherModel a torchvision state_dict file")
     g.add_argument("--teacherModel", default=None, metavar="NAME",
@@ -188,7 +207,8 @@ def get_parser():
     g.add_argument("--kdAlpha", type=finite_float, default=1.0,
                    help="weight of the distillation term: alpha * T^2 KL + (1 - alpha) * cross-entropy")
 
-    g = p.add_argument_group("run, logs and checkpoints")
+
+def _run_flags(g):
     g.add_argument("--name", default=None, help="run name (default: <dataset>_<model_def>; a resume: the checkpoint's)")
     g.add_argument("--manualSeed", type=int, default=123, help="random seed")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run")
@@ -212,7 +232,8 @@ def get_parser():
     g.add_argument("--evaluate", action="store_true", help="only evaluate (needs --resume or --pretrained_file)")
     g.add_argument("--testOnly", type=str2bool, nargs="?", const=True, default=False, help="same as --evaluate")
 
-    g = p.add_argument_group("speed and scale")
+
+def _speed_flags(g):
     g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
                    help="CUDA autocast: bf16, or fp16 with a gradient scaler")
     g.add_argument("--channelsLast", action="store_true", help="channels-last memory format (CUDA)")
@@ -220,20 +241,23 @@ def get_parser():
     g.add_argument("--packed", default="off", choices=("off", "on", "auto"),
                    help="evaluate an export with bit-packed XNOR/popcount convs (auto: dense where not covered)")
 
-    g = p.add_argument_group("compression")
+
+def _tool_flags(g):
     g.add_argument("--summary", action="store_true",
                    help="print the bit-aware per-layer summary of the model and exit (no data needed)")
     g.add_argument("--export", default=None, metavar="OUT.safetensors",
                    help="write the packed 1-bit model from --resume or --pretrained_file and exit")
-    return p
 
 
-def resolve(args):
-    """Check every value and fill in the defaults that depend on other flags; UsageError if impossible."""
+def resolve(args, notes=None):
+    """Check every value and fill in the defaults that depend on other flags; UsageError if impossible.
+
+    Notes for the user (an ignored --inpsize) are appended to ``notes`` when a list is given."""
     info = models.model_info(args.model_def)
     _resolve_binarization(args, info)
-    if args.inpsize is None:
-        args.inpsize = info.default_inpsize
+    args.inpsize, note = native_input_size(args.dataset, args.inpsize or info.default_inpsize)
+    if note and notes is not None:
+        notes.append(note)
     if args.maxlr is None:
         args.maxlr = args.lr if args.lr is not None else 1e-3
     if args.cuda is not None:
@@ -244,6 +268,18 @@ def resolve(args):
     if args.name is not None:
         _check_name(args.name)
     return args
+
+
+def native_input_size(dataset, inpsize):
+    """``(size, note)``: the size the images of ``dataset`` are read at for a requested ``inpsize``.
+
+    CIFAR's images have one size, and the original ignored --inpsize for them (its CIFAR command lines pass
+    225), so they keep it, with a note saying so; elsewhere ``inpsize`` applies and the note is None."""
+    native = datasets.native_size(dataset)
+    if native is None or inpsize == native:
+        return inpsize, None
+    return native, (f"note: --inpsize {inpsize} does not apply to {dataset} (its images are {native}x{native}); "
+                    f"using {native}, as the original did")
 
 
 def _resolve_binarization(args, info):
@@ -303,7 +339,8 @@ def _check_values(args):
                                                       "downloaded)"),
         (not args.evaluate or args.resume or args.pretrained_file,
          "--evaluate/--testOnly needs --resume PATH or --pretrained_file PATH"),
-        (not args.export or args.resume or args.pretrained_file, "--export needs --resume PATH or --pretrained_file PATH"),
+        (not args.export or args.resume or args.pretrained_file,
+         "--export needs --resume PATH or --pretrained_file PATH"),
         (args.packed == "off" or (args.evaluate and (args.pretrained_file or "").endswith(".safetensors")),
          "--packed runs an export: pass --evaluate --pretrained_file MODEL.safetensors"),
         (not (args.resume and args.resume != "auto" and args.pretrained_file),
@@ -330,8 +367,10 @@ DERIVED = ("lr", "cuda", "testOnly", "bnnModel", "binStart", "binEnd")
 
 def to_argv(options, *, skip=DERIVED):
     """The flags that reproduce ``options`` (a resolved configuration, e.g. ``vars(parse(...))`` or a run's
-    args.json): ``parse(to_argv(vars(parse(argv))))`` resolves to the same values. Options in ``skip`` and
-    options equal to None are left out."""
+    args.json, whose other keys such as ``facts`` are ignored): ``parse(to_argv(vars(parse(argv))))``
+    resolves to the same values, except the aliases (``--lr``, ``--cuda``, ``--testOnly``, ``--bnnModel``)
+    whose values went into the options they stand for. Options in ``skip`` and options equal to None are
+    left out."""
     argv = []
     for action in get_parser()._actions:
         dest = action.dest
@@ -349,13 +388,12 @@ def to_argv(options, *, skip=DERIVED):
             continue
         elif action.type is index_list:
             argv += [flag, ",".join(str(i) for i in value) or "none"]
-        elif dest == "weightShift" and value is None:
-            argv += [flag, "none"]
         else:
             argv += [flag, str(value)]
     return argv
 
 
-def parse(argv=None):
-    """Parse and resolve; UsageError for inconsistent flags."""
-    return resolve(get_parser().parse_args(argv))
+def parse(argv=None, *, notes=None):
+    """Parse and resolve ``argv`` (default: the command line); UsageError for inconsistent flags. Notes for
+    the user are appended to the list ``notes`` when one is given."""
+    return resolve(get_parser().parse_args(argv), notes)

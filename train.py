@@ -2,7 +2,7 @@
 
 Binarized layers carry their own parametrization (binarize/), so ``train_one_epoch`` is the usual
 forward / loss / backward / step, started at any step of the epoch and stopped after any step on
-request (a signal, see utils/run.py); ``evaluate`` runs the model with its binarized weights under
+request (a signal, see utils/signals.py); ``evaluate`` runs the model with its binarized weights under
 ``torch.no_grad()``, averaging the log-probabilities over the ten crops when the batch has them.
 Metrics are summed over all ranks under torchrun, with each validation sample counted once.
 """

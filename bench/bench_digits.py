@@ -55,8 +55,8 @@ def run(argv):
                                                      "for python -m analysis.report OUT/logs")
     args, extra = parser.parse_known_args(argv)
     configs = SUITES[args.suite]
-    args.configs = args.configs or list(configs)
-    unknown = sorted(set(args.configs) - set(configs))
+    chosen = args.configs or list(configs)
+    unknown = sorted(set(chosen) - set(configs))
     if unknown:
         parser.error(f"unknown configurations {unknown} for suite {args.suite}; choose from {list(configs)}")
     extra = [a for a in extra if a != "--"]
@@ -64,7 +64,7 @@ def run(argv):
     with tempfile.TemporaryDirectory() as tmp:
         scratch = args.out or tmp
         for seed in args.seeds:
-            for config in args.configs:
+            for config in chosen:
                 name = f"{config}-seed{seed}"
                 argv = configs[config] + ["--manualSeed", str(seed), "--name", name,
                                           "--logdir", os.path.join(scratch, "logs"),

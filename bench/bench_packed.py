@@ -1,4 +1,4 @@
-"""Inference speed and memory: fp32 convs against bit-packed convs (utils/packed.py) on exported models.
+"""Inference speed and memory: fp32 convs against bit-packed convs (deploy/packed.py) on exported models.
 
 For each model (Sketch-A-Net fbin at 225, ResNet-18 fbin at 224, and SD-BNN's ResNet-20 1w1a at 32 when
 it is registered) the script exports the binarized model (DAB codes by default), rebuilds it dense

@@ -1,2 +1,3 @@
-"""The flag-to-object wiring of ``main.py``: the one place below the command line that reads the parsed
-flags, and turns them into devices, data, networks, optimizers, run folders and the compression commands."""
+"""The flag-to-object wiring of ``main.py``: with ``opts`` and ``main.py``, the only code that reads the parsed
+flags. It turns them into devices, data, networks, optimizers, the run facts (``build``), the run folders
+(``folders``) and the model tools (``tools``); it never changes the namespace it is given."""

@@ -4,7 +4,12 @@
 Every error is a one-line ``UsageError`` (exit status 2).
 """
 
+import argparse
+import functools
+import hashlib
+import json
 import os
+import subprocess
 
 import torch
 from torch import nn
@@ -24,7 +29,7 @@ ARCH_KEYS = ("model_def", "binaryWeight", "binLayers", "binarizer", "weightShift
 AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def device_and_amp(args):
+def choose_device(args):
     """``(device, amp dtype or None)``; UsageError for what this machine cannot do."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("CUDA was asked for (--device cuda / --cuda) but is not available; use --device cpu")
@@ -71,17 +76,6 @@ def join_processes(device):
     return rank, world, device
 
 
-def input_size_note(args):
-    """Use the native size of CIFAR whatever --inpsize says, as the original did; returns a note or None."""
-    native = datasets.native_size(args.dataset)
-    if native is None or args.inpsize == native:
-        return None
-    note = (f"note: --inpsize {args.inpsize} does not apply to {args.dataset} (its images are {native}x{native}); "
-            f"using {native}, as the original did")
-    args.inpsize = native
-    return note
-
-
 def check_model(args):
     """The checks that need no data, done before reading it (--cachemode writes a cache while reading)."""
     try:
@@ -93,7 +87,7 @@ def check_model(args):
             raise UsageError(f"{path!r} does not exist; give the path of a checkpoint (.pth) or export (.safetensors)")
 
 
-def data(args):
+def load_data(args):
     """The datasets of ``args``; UsageError for bad data or a --nClasses that does not match it."""
     try:
         bundle = datasets.build(
@@ -109,7 +103,7 @@ def data(args):
     return bundle
 
 
-def network(args, num_classes, in_channels, *, init=None):
+def build_network(args, num_classes, in_channels, *, init=None):
     """The model of ``args``: built, initialised, its inputs and weights binarized; not moved or wrapped."""
     try:
         model = models.build_model(args.model_def, num_classes, in_channels,
@@ -126,7 +120,7 @@ def network(args, num_classes, in_channels, *, init=None):
     return model
 
 
-def place(model, args, device, world):
+def place_model(model, args, device, world):
     """Move ``model`` to ``device`` (channels-last, SyncBatchNorm, DDP as asked); returns ``(model, net)``,
     ``net`` the module to train (the DDP wrapper under torchrun)."""
     model.to(device)
@@ -140,7 +134,7 @@ def place(model, args, device, world):
     return model, nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def optimizer(args, params):
+def make_optimizer(args, params):
     """The ``--optimType`` optimizer at ``--maxlr`` (the schedule sets the rate every epoch)."""
     lr, wd = args.maxlr, args.weightDecay
     if args.optimType == "sgd":
@@ -177,7 +171,7 @@ class TrainingLoss(nn.Module):
         return self.alpha * kd + (1 - self.alpha) * loss if self.alpha < 1 else kd
 
 
-def teacher(args, num_classes, in_channels, device):
+def load_teacher(args, num_classes, in_channels, device):
     """The frozen teacher of ``--teacher`` (our checkpoint, or a torchvision ``--teacherModel`` state_dict)."""
     if not args.teacher:
         return None
@@ -192,7 +186,7 @@ def teacher(args, num_classes, in_channels, device):
                              f"{' '.join(str(exc).split())}") from None
     else:
         try:
-            model, _, _ = from_checkpoint(args.teacher)
+            model, _, _ = load_checkpoint_model(args.teacher)
         except UsageError as exc:
             raise UsageError(f"--teacher: {exc}") from None
     for p in model.parameters():
@@ -210,34 +204,35 @@ def teacher(args, num_classes, in_channels, device):
     return model.to(device)
 
 
-def saved_args(state, path):
-    """The resolved flags of the run that wrote checkpoint ``state``: the current defaults for its model,
-    overlaid with what it recorded (a checkpoint from before --binLayers gets them from its bin range)."""
+def read_saved_args(state, path):
+    """The resolved flags of the run that wrote checkpoint ``state``, as a new namespace: the current defaults
+    for its model, overlaid with what it recorded (a checkpoint from before --binLayers gets them from its
+    bin range)."""
     saved = dict(state.get("args") or {})
     if saved.get("model_def") not in models.list_models():
         raise UsageError(f"checkpoint {path!r} does not record a known --model_def ({saved.get('model_def')!r})")
-    args = opts.get_parser().parse_args(["--model_def", saved["model_def"]])
-    vars(args).update({k: v for k, v in saved.items() if k in vars(args) and v is not None})
+    info = models.model_info(saved["model_def"])
+    values = vars(opts.get_parser().parse_args(["--model_def", saved["model_def"]]))
+    values.update({k: v for k, v in saved.items() if k in values and v is not None})
     if saved.get("binLayers") is None:
-        args.binLayers = list(range(args.binStart, min(args.binEnd, models.model_info(args.model_def).num_convs) + 1))
-    info = models.model_info(args.model_def)
-    args.binActivation = args.binActivation or info.activation
-    args.backward = args.backward or "ste"
-    args.weightShift = None if args.weightShift in (None, "none") else args.weightShift
-    args.inpsize = args.inpsize or info.default_inpsize
-    return args
+        start, end = values["binStart"] or info.bin_range[0], values["binEnd"] or info.bin_range[1]
+        values["binLayers"] = list(range(start, min(end, info.num_convs) + 1))
+    values.update(binActivation=values["binActivation"] or info.activation, backward=values["backward"] or "ste",
+                  weightShift=None if values["weightShift"] in (None, "none") else values["weightShift"],
+                  inpsize=values["inpsize"] or info.default_inpsize)
+    return argparse.Namespace(**values)
 
 
-def from_checkpoint(path, device="cpu"):
+def load_checkpoint_model(path, device="cpu"):
     """``(model, args, state)``: the model of a checkpoint of main.py, rebuilt from the flags it records and
     loaded with its weights, in eval mode on ``device``."""
     try:
         state = load_checkpoint(path)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
-    args = saved_args(state, path)
-    model = network(args, state.get("num_classes") or datasets.SHAPES[args.dataset][0],
-                    state.get("in_channels") or datasets.SHAPES[args.dataset][1], init=False)
+    args = read_saved_args(state, path)
+    model = build_network(args, state.get("num_classes") or datasets.SHAPES[args.dataset][0],
+                          state.get("in_channels") or datasets.SHAPES[args.dataset][1], init=False)
     try:
         load_model_state(model, state["model"], path)
     except CheckpointError as exc:
@@ -245,16 +240,16 @@ def from_checkpoint(path, device="cpu"):
     return model.to(device).eval(), args, state
 
 
-def resumed(model, args, state, path):
+def load_resumed(model, args, state, path):
     """Load a checkpoint resumed from (exactly this configuration) into ``model``."""
     try:
-        check_compatible(state.get("args"), args, path, ARCH_KEYS)
+        check_compatible(state.get("args"), vars(args), path, ARCH_KEYS)
         load_model_state(model, state["model"], path)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
 
 
-def pretrained(model, args, say):
+def load_pretrained(model, args, say):
     """Start from the weights of ``--pretrained_file``: a checkpoint of any configuration of the same
     architecture (stage 1 -> stage 2 of two-stage training), or an export (.safetensors)."""
     path = args.pretrained_file
@@ -282,3 +277,89 @@ def pretrained(model, args, say):
         binarizer.project_(module.parametrizations.weight.original)
     for note in notes:
         say(f"note: {path}: {note}")
+
+
+def resolved_facts(args, model, bundle, world):
+    """What a training run resolved from its flags, its model, its data and its code, as one JSON-ready dict
+    (written to args.json as ``facts`` and stored in every checkpoint).
+
+    ``model`` is the built network (before any DDP wrapper): the binarized convs are read from it, not from
+    the flags. Keys: ``model_def``, ``family``, ``variant``, ``label`` (the registry's); ``weights_binarized``,
+    ``binarized_convs`` (1-based conv indices), ``binarized_linears`` (module names), ``weight_binarizer``,
+    ``weight_shift``; ``inputs_binarized``, ``binarized_input_convs``, ``activation_binarizer``; ``backward``
+    (None where nothing is binarized); ``world_size``, ``dataset``, ``inpsize``, ``num_classes``,
+    ``in_channels``, ``data_fingerprint`` (:func:`data_fingerprint`) and ``code_version``
+    (:func:`code_version`).
+    """
+    info = models.model_info(args.model_def)
+    weight_layers = binarize.binarized_layers(model)
+    input_convs = [row[0] for row in binarize.input_binarizers(model)]
+    weights, inputs = bool(weight_layers), bool(input_convs)
+    return dict(
+        model_def=args.model_def, family=info.family, variant=info.variant, label=info.label,
+        weights_binarized=weights, binarized_convs=[i for i, *_ in weight_layers if i is not None],
+        binarized_linears=[name for i, name, *_ in weight_layers if i is None],
+        weight_binarizer=args.binarizer if weights else None,
+        weight_shift=(args.weightShift or "none") if weights else None,
+        inputs_binarized=inputs, binarized_input_convs=input_convs,
+        activation_binarizer=args.binActivation if inputs else None,
+        backward=args.backward if weights or inputs else None,
+        world_size=int(world), dataset=args.dataset, inpsize=args.inpsize, num_classes=bundle.num_classes,
+        in_channels=bundle.num_channels, data_fingerprint=data_fingerprint(bundle), code_version=code_version())
+
+
+def data_fingerprint(bundle):
+    """A short SHA-256 (16 hex digits) of what names the data without reading an image: the class names and,
+    for each split, its size, its labels and (image folders) its file names. Two runs with the same
+    fingerprint saw the same files in the same classes; the pixels themselves are not hashed. None when a
+    split exposes neither labels nor file names."""
+    digest = hashlib.sha256(json.dumps([str(c) for c in bundle.classes]).encode())
+    for split in (bundle.train, bundle.val):
+        targets, files = getattr(split, "targets", None), getattr(split, "files", None)
+        if targets is None and files is None:
+            return None
+        digest.update(json.dumps(dict(size=len(split), targets=None if targets is None else [int(t) for t in targets],
+                                      files=None if files is None else [str(f) for f in files])).encode())
+    return digest.hexdigest()[:16]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(*command):
+    """The output of ``git *command`` in the checkout of this code, or None. Read-only: with
+    GIT_OPTIONAL_LOCKS=0, ``git status`` does not refresh the index."""
+    try:
+        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                              env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def code_version():
+    """The version of the code that runs: ``git describe --always --tags`` of its checkout, with ``-dirty``
+    when tracked files differ from that commit; where the code is not a git checkout of its own (an
+    unpacked copy), ``dabnet <version>`` of the export format's package version."""
+    top = _git("rev-parse", "--show-toplevel")
+    described = _git("describe", "--always", "--tags") if top and os.path.samefile(top, ROOT) else None
+    if described:
+        changed = _git("status", "--porcelain", "--untracked-files=no")
+        return described + ("-dirty" if changed else "")
+    from deploy.export import __version__
+    return f"dabnet {__version__}"
+
+
+# Old names, kept as plain aliases while code outside launch/ (tests of other modules) may still use them;
+# to be removed.
+data = load_data
+network = build_network
+place = place_model
+optimizer = make_optimizer
+teacher = load_teacher
+saved_args = read_saved_args
+from_checkpoint = load_checkpoint_model
+resumed = load_resumed
+pretrained = load_pretrained
+device_and_amp = choose_device

@@ -1,5 +1,5 @@
-"""Where a run writes and how it stops: run folders that are never overwritten by accident, resuming
-(``--resume PATH`` or ``--resume auto``), and signals that end a run with a checkpoint.
+"""Where a run writes: run folders that are never overwritten by accident, and what it resumes from
+(``--resume PATH`` or ``--resume auto``), planned before anything is written.
 
 A run lives in two folders: ``--logdir/<name>`` (logs) and ``--store`` (checkpoints). A folder pair
 *holds a run* when the store has ``last.pth`` or ``best.pth``, or the log folder has ``final.json`` or a
@@ -7,6 +7,9 @@ A run lives in two folders: ``--logdir/<name>`` (logs) and ``--store`` (checkpoi
 written) unless ``--overwrite`` replaces them or ``--resume auto`` continues them; files left by a run
 that never checkpointed (killed in its first epoch) are cleared, so logs never mix. A resumed run
 continues in the folders its checkpoint records unless ``--name``/``--logdir``/``--store`` say otherwise.
+
+The flags are only read: the resolved name and folders live in the :class:`FolderPlan`, and
+:meth:`FolderPlan.record` puts them into the options a run records (args.json, checkpoints).
 """
 
 import csv
@@ -22,14 +25,19 @@ LOG_FILES = ("args.json", "metrics.csv", "final.json", "binarization_losses.json
 
 
 @dataclass
-class RunPlan:
-    """What a run starts from and where it writes."""
+class FolderPlan:
+    """Where a run writes (its resolved name and folders) and the checkpoint it starts from."""
 
-    log_dir: str
+    name: str
+    logdir: str
     store: str
     state: dict = None          # the checkpoint resumed from, if any
     resume_path: str = None
     continues: bool = False     # the checkpoint is this folder pair's own run (else the folders start anew)
+
+    @property
+    def log_dir(self):
+        return os.path.join(self.logdir, self.name)
 
     @property
     def last_path(self):
@@ -38,6 +46,11 @@ class RunPlan:
     @property
     def best_path(self):
         return os.path.join(self.store, "best.pth")
+
+    def record(self, options):
+        """``options`` (a dict of flags) with the resolved ``name``, ``logdir`` and ``store``: what a run
+        records, so that its checkpoint names the folders it owns."""
+        return dict(options, name=self.name, logdir=self.logdir, store=self.store)
 
 
 def _writable(path, flag):
@@ -66,10 +79,12 @@ def holds_run(log_dir, store):
             or os.path.exists(os.path.join(log_dir, "final.json")) or _epochs_logged(log_dir) > 0)
 
 
-def plan_run(args):
-    """Resolve ``--resume`` and the run folders, fill in ``args.name``, ``args.logdir``, ``args.store``; read
-    the checkpoint resumed from. Writes nothing; UsageError for folders that hold another run."""
+def plan_folders(args):
+    """Resolve ``--resume`` and the run folders (name, logdir and store: the flags, else those the checkpoint
+    resumed from records, else the defaults) and read the checkpoint resumed from. Writes nothing and
+    changes nothing in ``args``; UsageError for folders that hold another run."""
     state = path = None
+    folders = dict(name=args.name, logdir=args.logdir, store=args.store)
     if args.resume and args.resume != "auto":
         try:
             state = load_checkpoint(args.resume)
@@ -77,13 +92,11 @@ def plan_run(args):
             raise UsageError(str(exc)) from None
         path = args.resume
         saved = state.get("args") or {}
-        for key in ("name", "logdir", "store"):  # continue in the run's own folders unless told otherwise
-            if getattr(args, key) is None and saved.get(key):
-                setattr(args, key, saved[key])
-    args.name = args.name or f"{args.dataset}_{args.model_def}"
-    args.logdir = args.logdir or "runs"
-    args.store = args.store or os.path.join("savedmodels", args.name)
-    plan = RunPlan(os.path.join(args.logdir, args.name), args.store)
+        for key in folders:  # continue in the run's own folders unless told otherwise
+            if folders[key] is None and saved.get(key):
+                folders[key] = saved[key]
+    name = folders["name"] or f"{args.dataset}_{args.model_def}"
+    plan = FolderPlan(name, folders["logdir"] or "runs", folders["store"] or os.path.join("savedmodels", name))
     if args.resume == "auto" and os.path.isfile(plan.last_path):
         try:
             state = load_checkpoint(plan.last_path)
@@ -96,8 +109,8 @@ def plan_run(args):
     plan.state, plan.resume_path = state, path
     if args.evaluate:
         return plan
-    _writable(args.logdir, "--logdir")
-    _writable(args.store, "--store")
+    _writable(plan.logdir, "--logdir")
+    _writable(plan.store, "--store")
     plan.continues = state is not None and _same_folders(state.get("args") or {}, plan)
     if not plan.continues and not args.overwrite and holds_run(plan.log_dir, plan.store):
         raise UsageError(f"the run folders {plan.log_dir!r} and {plan.store!r} already hold a run ({_describe(plan)}); "

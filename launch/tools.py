@@ -1,5 +1,5 @@
-"""The compression commands of main.py, which read no data: ``--summary`` (the bit-aware per-layer
-table), ``--export`` (the packed 1-bit file of a checkpoint) and the model of ``--packed`` evaluation."""
+"""The model tools of main.py, which read no data and train nothing: ``--summary`` (the bit-aware per-layer
+table), ``--export`` (the packed 1-bit file of a checkpoint), and the model of ``--packed`` evaluation."""
 
 import os
 
@@ -8,19 +8,19 @@ from utils.errors import UsageError
 from launch import build
 
 
-def compress_command(args):
+def run_model_tool(args):
     """``--summary`` or ``--export``; returns the exit status."""
-    build.input_size_note(args)
     if args.export:
         return _export(args)
     from deploy.summary import format_summary, summarize
     num_classes, in_channels = datasets.SHAPES[args.dataset]
     num_classes = args.nClasses or num_classes
-    model = build.network(args, num_classes, in_channels)
+    model = build.build_network(args, num_classes, in_channels)
     weights = (f"{args.binarizer} weights on convs {args.binStart}..{args.binEnd}" if args.binaryWeight
                else "full-precision weights")
-    print(format_summary(summarize(model, args.inpsize, in_channels), title=(
-        f"{args.model_def}, {num_classes} classes, {in_channels} channel(s), {args.inpsize}x{args.inpsize}, {weights}")))
+    title = (f"{args.model_def}, {num_classes} classes, {in_channels} channel(s), {args.inpsize}x{args.inpsize}, "
+             f"{weights}")
+    print(format_summary(summarize(model, args.inpsize, in_channels), title=title))
     return 0
 
 
@@ -28,7 +28,7 @@ def _export(args):
     """Write the export of ``--resume``/``--pretrained_file``: the checkpoint knows its own configuration."""
     from deploy.export import ExportError, export_model
     source = args.resume or args.pretrained_file
-    model, saved, state = build.from_checkpoint(source)
+    model, saved, state = build.load_checkpoint_model(source)
     folder = os.path.dirname(os.path.abspath(args.export))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"--export {args.export!r}: {folder!r} is not a writable folder; choose another path")
@@ -44,7 +44,7 @@ def _export(args):
     return 0
 
 
-def packed_model(args, say):
+def load_packed_model(args, say):
     """The export of ``--pretrained_file`` with bit-packed convs (``--packed on``; ``auto`` runs the layers
     the packed kernel does not cover dense, and says which)."""
     from deploy.export import ExportError

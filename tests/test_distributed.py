@@ -1,6 +1,7 @@
 """torchrun with two CPU processes (gloo): one set of logs, identical replicas, exact validation counts."""
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -28,6 +29,7 @@ def torchrun(args, cwd):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 def test_two_process_torchrun_training_and_resume(tmp_path):
     # 5 val images: an odd count, so a padded sampler would count one twice.
@@ -46,6 +48,8 @@ def test_two_process_torchrun_training_and_resume(tmp_path):
     events = [f for f in os.listdir(tmp_path / "logs" / "ddp") if f.startswith("events")]
     assert len(events) == 1
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["best.pth", "last.pth"]
+    facts = json.loads((tmp_path / "logs" / "ddp" / "args.json").read_text())["facts"]
+    assert facts["world_size"] == 2 and facts == torch.load(tmp_path / "ckpt" / "last.pth", weights_only=True)["facts"]
 
     resumed = torchrun(common + ["--epochs", "2", "--resume", str(tmp_path / "ckpt" / "last.pth")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -1,5 +1,6 @@
 """End-to-end tests of the training CLI: main.main(argv) on tiny generated data."""
 
+import copy
 import csv
 import glob
 import json
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import main
+import models
 import opts
 from tinydata import split_tree
 
@@ -225,12 +227,93 @@ def test_argparse_errors_exit_with_status_2(capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_defaults_train_a_dab_binarized_sketchanet_on_digits():
-    args = opts.parse([])
-    assert (args.dataset, args.model_def, args.binaryWeight, args.binarizer) == ("digits", "sketchanetwbin", True, "dab")
-    assert (args.binStart, args.binEnd, args.inpsize) == (2, 7, 225)
-    assert opts.parse(["--model_def", "sketchanet"]).binaryWeight is False
-    assert opts.parse(["--model_def", "resnetwbin18"]).binLayers == list(range(2, 22))   # 2..100, clipped
-    assert opts.parse(["--model_def", "sketchanet", "--binaryWeight"]).binaryWeight is True
-    assert opts.parse(["--model_def", "sketchanetwbin", "--no-binaryWeight"]).binaryWeight is False
-    assert opts.parse(["--bnnModel"]).binarizer == "bnn"
+@pytest.fixture
+def few_digits(monkeypatch):
+    """scikit-learn's digits cut to their first 30 images (24 train, 6 val), so that a run with the default
+    flags takes seconds."""
+    import sklearn.datasets
+    real = sklearn.datasets.load_digits
+
+    def load_digits(*args, **kwargs):
+        full = real(*args, **kwargs)
+        full.images, full.target = full.images[:30], full.target[:30]
+        return full
+    monkeypatch.setattr(sklearn.datasets, "load_digits", load_digits)
+
+
+def test_a_run_with_the_default_flags_trains_a_dab_binarized_sketchanet_on_digits(few_digits, tmp_path, monkeypatch,
+                                                                                  capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main.main([]) == 0
+    out = capsys.readouterr().out
+    assert "sketchanetwbin (dab weights on convs 2-7, 225x225, 1 channel(s), 10 classes) on digits" in out
+    store = os.path.join("savedmodels", "digits_sketchanetwbin")
+    assert f"run folder {os.path.join('runs', 'digits_sketchanetwbin')}, checkpoints in {store}" in out
+    run = tmp_path / "runs" / "digits_sketchanetwbin"
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and [float(r["lr"]) for r in rows] == [1e-3, 1e-3]
+    assert glob.glob(str(run / "events.out.tfevents.*"))
+    recorded = json.loads((run / "args.json").read_text())
+    assert (recorded["name"], recorded["logdir"], recorded["store"]) == ("digits_sketchanetwbin", "runs", store)
+    facts = recorded["facts"]
+    assert {k: facts[k] for k in ("dataset", "family", "variant", "weights_binarized", "binarized_convs",
+                                  "weight_binarizer", "weight_shift", "inputs_binarized", "backward", "inpsize",
+                                  "num_classes", "in_channels", "world_size")} == dict(
+        dataset="digits", family="sketchanet", variant="wbin", weights_binarized=True,
+        binarized_convs=[2, 3, 4, 5, 6, 7], weight_binarizer="dab", weight_shift="none", inputs_binarized=False,
+        backward="ste", inpsize=225, num_classes=10, in_channels=1, world_size=1)
+    state = torch.load(tmp_path / store / "last.pth", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and state["facts"] == facts
+    assert "betas" in state["optimizer"]["param_groups"][0]  # Adam
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """Every namespace opts.parse returns during the test, each with a deep copy of its values as returned."""
+    seen, real = [], opts.parse
+
+    def parse(*args, **kwargs):
+        namespace = real(*args, **kwargs)
+        seen.append((namespace, copy.deepcopy(vars(namespace))))
+        return namespace
+    monkeypatch.setattr(opts, "parse", parse)
+    return seen
+
+
+def test_a_run_leaves_the_parsed_options_as_parse_returned_them(sketches, tmp_path, monkeypatch, parsed):
+    monkeypatch.chdir(tmp_path)  # default name and folders: resolved by the folder plan, not written into args
+    fresh = ["--dataset", "tuberlin", "--data_dir", sketches, *FAST, "--batch-size", "8", "--workers", "0"]
+    assert main.main(fresh + ["--epochs", "1"]) == 0
+    last = tmp_path / "savedmodels" / "tuberlin_nin" / "last.pth"
+    assert main.main(fresh + ["--epochs", "2", "--resume", str(last)]) == 0  # folders taken from the checkpoint
+    assert main.main(fresh + ["--evaluate", "--resume", str(last)]) == 0
+    assert main.main(["--summary", "--dataset", "cifar10", "--model_def", "bincifar", "--inpsize", "225"]) == 0
+    assert main.main(["--export", str(tmp_path / "nin.safetensors"), "--resume", str(last)]) == 0
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert len(parsed) == 5
+    for namespace, as_returned in parsed:
+        assert vars(namespace) == as_returned
+
+
+def test_args_json_and_every_checkpoint_hold_the_resolved_facts(sketches, tmp_path):
+    argv = base_args(sketches, tmp_path, "--model_def", "sketchanethybrid", "--binInputs", "3,4", "--binarizer", "xnor",
+                     "--binLayers", "2-5")
+    assert main.main(argv) == 0
+    facts = json.loads((tmp_path / "logs" / "run" / "args.json").read_text())["facts"]
+    assert {k: facts[k] for k in ("model_def", "family", "variant", "label", "binarized_convs", "binarized_linears",
+                                  "weight_binarizer", "inputs_binarized", "binarized_input_convs",
+                                  "activation_binarizer", "dataset", "num_classes")} == dict(
+        model_def="sketchanethybrid", family="sketchanet", variant="hybrid",
+        label=models.model_info("sketchanethybrid").label, binarized_convs=[2, 3, 4, 5], binarized_linears=[],
+        weight_binarizer="xnor", inputs_binarized=True, binarized_input_convs=[3, 4], activation_binarizer="sign",
+        dataset="tuberlin", num_classes=2)
+    assert len(facts["data_fingerprint"]) == 16 and facts["code_version"]
+    for name in ("last.pth", "best.pth"):
+        assert torch.load(tmp_path / "ckpt" / name, weights_only=True)["facts"] == facts
+    fp = base_args(sketches, tmp_path / "fp", "--model_def", "sketchanet")
+    assert main.main(fp) == 0
+    plain = json.loads((tmp_path / "fp" / "logs" / "run" / "args.json").read_text())["facts"]
+    assert (plain["weights_binarized"], plain["binarized_convs"], plain["weight_binarizer"], plain["backward"]) == (
+        False, [], None, None)
+    assert plain["data_fingerprint"] == facts["data_fingerprint"]  # the same files in the same classes

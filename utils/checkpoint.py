@@ -1,7 +1,8 @@
 """Checkpoints that survive a crash, load with ``torch.load(..., weights_only=True)`` and explain a misfit.
 
 A checkpoint is a dict of tensors and plain Python values: ``{epoch, step, model, optimizer, best_acc1,
-args, rng, num_classes, in_channels, classes, ...}``. It is written to a temporary file ``.tmp-*`` in the
+args, facts, rng, num_classes, in_channels, classes, ...}`` (``args`` the options of the run, ``facts`` what
+it resolved from them; both as the caller gives them in ``extra``). It is written to a temporary file ``.tmp-*`` in the
 same folder and moved into place with ``os.replace``, so a run killed mid-write keeps the previous
 checkpoint; a temporary file left by a kill -9 is removed at the next start
 (:func:`remove_stale_temporaries`).
@@ -110,16 +111,15 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def check_compatible(saved_args, args, path, keys):
-    """CheckpointError unless ``saved_args`` (a checkpoint's args) agree with ``args`` on ``keys``.
-
-    A key the checkpoint does not record (older checkpoints) is not compared.
+def check_compatible(saved_args, current, path, keys):
+    """CheckpointError unless ``saved_args`` (a checkpoint's args) agree with ``current`` (this run's resolved
+    options, a dict) on ``keys``. A key the checkpoint does not record (older checkpoints) is not compared.
     """
     saved = saved_args or {}
     for key in keys:
-        if key in saved and saved[key] != getattr(args, key):
+        if key in saved and saved[key] != current.get(key):
             raise CheckpointError(f"checkpoint {path!r} is from another configuration ({key}={saved[key]!r}, this "
-                                  f"run has {getattr(args, key)!r}); pass the same --{key} or another checkpoint")
+                                  f"run has {current.get(key)!r}); pass the same --{key} or another checkpoint")
 
 
 def _misfit(model, state):

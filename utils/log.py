@@ -1,6 +1,10 @@
 """Run logs under ``--logdir/<name>/``: TensorBoard events, ``metrics.csv``, ``args.json``, per-filter
 statistics under ``filters/``, ``final.json``.
 
+* ``args.json``: the options of the run (one key per flag, resolved), and under ``facts`` what the run
+  resolved from them (model family, binarized layers, data, world size, code version...), as the caller
+  gives them.
+
 * ``metrics.csv``: one row per completed epoch (``CSV_FIELDS``); a resumed run first drops the rows after
   the epoch it resumes from, so the file reads as one run with no duplicated epochs.
 * TensorBoard: scalars per epoch (step = epoch, from 1); a resumed run's writer purges the events after
@@ -35,17 +39,19 @@ def layer_tag(index, name):
 class RunLogger:
     """Writes one run's logs; a no-op object on non-zero ranks (``enabled=False``).
 
-    ``resume_epoch``: the epoch a resumed run continues after (None for a fresh run, whose folder the
-    caller has emptied).
+    ``options``: the run's options (a dict), written to args.json with ``facts`` (a dict, if given) under the
+    key ``facts``. ``resume_epoch``: the epoch a resumed run continues after (None for a fresh run, whose
+    folder the caller has emptied).
     """
 
-    def __init__(self, folder, args_dict, *, tensorboard=True, enabled=True, resume_epoch=None):
+    def __init__(self, folder, options, *, facts=None, tensorboard=True, enabled=True, resume_epoch=None):
         self.folder, self.enabled, self.writer = folder, enabled, None
         if not enabled:
             return
         os.makedirs(folder, exist_ok=True)
+        recorded = dict(options) if facts is None else dict(options, facts=facts)
         with open(os.path.join(folder, "args.json"), "w") as f:
-            json.dump(args_dict, f, indent=2, sort_keys=True, default=str)
+            json.dump(recorded, f, indent=2, sort_keys=True, default=str)
         self.csv_path = os.path.join(folder, "metrics.csv")
         kept = self._rows_up_to(resume_epoch) if resume_epoch is not None else []
         with open(self.csv_path, "w", newline="") as f:
