@@ -18,7 +18,85 @@
 # its output is kept in textlogs/<name>.txt. GPU: set CUDA_VISIBLE_DEVICES; several GPUs: set
 # NPROC=N to launch through torchrun (batch sizes are per process). A run continues where it stopped
 # (--resume auto): a preempted or repeated run picks up its last checkpoint; OVERWRITE=1 starts it anew.
-# DRYRUN=1 prints each run's command line instead of running it.
+# Input sizes, binarized convs and whether weights and inputs are binarized are each model's own: main.py
+# reads them from the model registry (python -m models NAME prints them), so the commands do not repeat them.
+# DRYRUN=1 prints each command line (runs, planner, report) and runs nothing; a data variable that is not
+# set appears as "$VAR" and is named once at the end. Without DRYRUN, 'all' checks every data variable first.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# The paper's grid. Model family -> "fp-model wbin-model fbin-model"; what each model is (its input size,
+# the convs it binarizes, whether its weights and inputs are binarized) main.py reads from the model
+# registry (models.model_info), so no command here repeats it.
+FAMILIES=(sketchanet resnet googlenet)
+declare -A FAMILY=(
+    [sketchanet]="sketchanet sketchanetwbin sketchanetfbin"
+    [resnet]="resnet18 resnetwbin18 resnetfbin18"
+    [googlenet]="googlenet googlenetwbin googlenetfbin"
+)
+# dataset:family:variant -> "batch testbatch maxlr minlr"
+declare -A HPARAMS=(
+    [tuberlin:sketchanet:wbin]="512 16 5e-4 1e-5"   [tuberlin:sketchanet:fbin]="256 16 5e-4 1e-5"
+    [tuberlin:resnet:wbin]="256 16 5e-4 1e-5"       [tuberlin:resnet:fbin]="128 8 5e-4 1e-5"
+    [tuberlin:googlenet:wbin]="96 4 1e-3 2e-5"      [tuberlin:googlenet:fbin]="96 4 2e-3 1e-4"
+    [sketchy:sketchanet:wbin]="256 16 5e-4 1e-5"    [sketchy:sketchanet:fbin]="256 16 5e-4 1e-5"
+    [sketchy:resnet:wbin]="128 8 5e-4 1e-5"         [sketchy:resnet:fbin]="128 8 5e-4 1e-5"
+    [sketchy:googlenet:wbin]="128 8 1e-3 2e-5"      [sketchy:googlenet:fbin]="96 4 2e-3 1e-4"
+)
+# dataset of the grid -> "main.py --dataset, its data variable, classes, epochs"
+declare -A GRID_DATA=([tuberlin]="tuberlin TUBERLIN_DIR 250 600" [sketchy]="sketchyrecognition SKETCHY_DIR 125 400")
+# data variable -> what it names
+declare -A DATA_HELP=(
+    [TUBERLIN_DIR]="the TU-Berlin folder (holding png/)"
+    [SKETCHY_DIR]="the Sketchy folder (holding rendered_256x256/)"
+    [CIFAR10_DIR]="the folder holding cifar-10-batches-py/"
+    [IMAGENET_DIR]="the folder holding train/ and val/"
+)
+
+# The named runs of the grid, built once: name -> "dataset family variant model binarizer" (a table, so a
+# run is looked up, never parsed out of its name). GRID_NAMES keeps the listing order.
+declare -A GRID=()
+GRID_NAMES=()
+for ds in tuberlin sketchy; do
+    for fam in "${FAMILIES[@]}"; do
+        read -r fp_model wbin_model fbin_model <<<"${FAMILY[$fam]}"
+        GRID[${ds}_${fam}_fp]="$ds $fam fp $fp_model -"; GRID_NAMES+=("${ds}_${fam}_fp")
+        for variant in wbin fbin; do
+            model_var=${variant}_model
+            for binarizer in dab xnor; do
+                GRID[${ds}_${fam}${variant}_$binarizer]="$ds $fam $variant ${!model_var} $binarizer"
+                GRID_NAMES+=("${ds}_${fam}${variant}_$binarizer")
+            done
+        done
+    done
+done
+unset ds fam variant binarizer model_var fp_model wbin_model fbin_model
+
+runs() {
+    printf '%s\n' "${GRID_NAMES[@]}"
+    printf '%s\n' "${!SDBNN[@]}" | sort
+}
+
+# is_run NAME: whether NAME is a named run (a table lookup: no pipe that could die of SIGPIPE under pipefail)
+is_run() {
+    [[ -n $1 && ( -n ${GRID[$1]:-} || -n ${SDBNN[$1]:-} ) ]]
+}
+
+# SD-BNN's table (list: runx.sh list)
+#
+# TUBERLIN_DIR: the folder holding png/ (as sketches_png.zip unzips; 3-fold split, --fold from FOLD,
+# default 1) or the original's pre-split tuberlin/{train,val} layout. SKETCHY_DIR: the folder holding
+# rendered_256x256/ and info/ (split by info/testset.txt) or sketchy_recognition/{train,val}.
+# Hyper-parameters are the original's (run1/run3/run4/run5.sh, the settings of its logs): Adam,
+# decayschedular with decaylevel 2 every 50 epochs, weight decay 0, ten-crop validation; 600 epochs
+# on TU-Berlin, 400 on Sketchy. Each run starts with clean.sh, as the original's scripts did, and
+# its output is kept in textlogs/<name>.txt. GPU: set CUDA_VISIBLE_DEVICES; several GPUs: set
+# NPROC=N to launch through torchrun (batch sizes are per process). A run continues where it stopped
+# (--resume auto): a preempted or repeated run picks up its last checkpoint; OVERWRITE=1 starts it anew.
+# Input sizes, binarized convs and whether weights and inputs are binarized are each model's own: main.py
+# reads them from the model registry (python -m models NAME prints them), so the commands do not repeat them.
+# DRYRUN=1 prints each command line (runs, planner, report) and runs nothing; a data variable that is not
+# set appears as "$VAR" and is named once at the end. Without DRYRUN, 'all' checks every data variable first.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -70,95 +148,148 @@ declare -A SDBNN=(
         --pretrained_file savedmodels/imagenet_birealnet18_stage1/last.pth TEACHER"
 )
 
+# SD-BNN run -> its data variable
+declare -A SDBNN_DATA=(
+    [cifar10_resnet20_sdbnn]=CIFAR10_DIR [cifar10_vgg_small_sdbnn]=CIFAR10_DIR [cifar10_resnet18_sdbnn]=CIFAR10_DIR
+    [imagenet_birealnet18_teacher]=IMAGENET_DIR [imagenet_birealnet18_stage1]=IMAGENET_DIR
+    [imagenet_birealnet18_stage2]=IMAGENET_DIR
+)
+
+# data_var NAME: the data variable run NAME reads
+data_var() {
+    if [[ -n ${SDBNN[$1]:-} ]]; then echo "${SDBNN_DATA[$1]}"; return; fi
+    local ds rest
+    read -r ds rest <<<"${GRID[$1]}"
+    read -r _ rest _ <<<"${GRID_DATA[$ds]}"
+    echo "$rest"
+}
+
+# A dry run prints "$VAR" where a data variable is not set and names those variables once at the end.
+MISSING=()
+PLACEHOLDERS=()
+missing_note() {
+    if [[ -n ${DRYRUN:-} && ${#MISSING[@]} -gt 0 ]]; then
+        local var
+        echo "runx.sh: dry run: not set: ${MISSING[*]} (the commands above read them as \"\$NAME\")" >&2
+        for var in "${MISSING[@]}"; do echo "  $var: ${DATA_HELP[$var]}" >&2; done
+    fi
+}
+trap missing_note EXIT
+
+# data_dir VAR: DATA=$VAR; where VAR is not set: "$VAR" in a dry run, else one line and exit status 2
+data_dir() {
+    local var=$1
+    if [[ -n ${!var:-} ]]; then DATA=${!var}; return 0; fi
+    if [[ -z ${DRYRUN:-} ]]; then echo "runx.sh: set $var to ${DATA_HELP[$var]}" >&2; exit 2; fi
+    if [[ " ${MISSING[*]} " != *" $var "* ]]; then MISSING+=("$var"); fi
+    PLACEHOLDERS+=("$var")
+    DATA="\$$var"
+}
+
+# show ARGS...: print a command line, shell-quoted; an argument holding a placeholder ($VAR) is printed
+# in double quotes, for the shell to expand
+show() {
+    local out=() arg quoted var
+    for arg in "$@"; do
+        printf -v quoted '%q' "$arg"
+        for var in "${PLACEHOLDERS[@]}"; do
+            if [[ $arg == *"\$$var"* ]]; then quoted="\"$arg\""; break; fi
+        done
+        out+=("$quoted")
+    done
+    echo "${out[*]}"
+}
+
 launch() {
     local name=$1; shift
-    local ds=${name%%_*} rest=${name#*_}
-    local tag=${rest%_*} binarizer=${rest##*_}
-    local fam variant
-    case $tag in
-        *wbin) fam=${tag%wbin}; variant=wbin ;;
-        *fbin) fam=${tag%fbin}; variant=fbin ;;
-        *) fam=$tag; variant=fp ;;
-    esac
     if [[ -n ${SDBNN[$name]:-} ]]; then launch_sdbnn "$name" "$@"; return; fi
-    [[ -n ${FAMILY[$fam]:-} ]] || { echo "runx.sh: unknown run '$name'; see 'bash runx.sh list'" >&2; exit 2; }
-    read -r fp_model wbin_model fbin_model inpsize bin_start bin_end <<<"${FAMILY[$fam]}"
+    local ds fam variant model binarizer dataset var classes epochs batch testbatch maxlr minlr
+    read -r ds fam variant model binarizer <<<"${GRID[$name]}"
+    read -r dataset var classes epochs <<<"${GRID_DATA[$ds]}"
+    data_dir "$var"
     # fp runs use the wbin hyper-parameters, as the paper compares them at equal settings.
     read -r batch testbatch maxlr minlr <<<"${HPARAMS[$ds:$fam:${variant/fp/wbin}]}"
-    local model flags=()
-    case $variant in
-        fp) model=$fp_model; flags+=(--no-binaryWeight) ;;
-        wbin) model=$wbin_model; flags+=(--binaryWeight --binarizer "$binarizer") ;;
-        fbin) model=$fbin_model; flags+=(--binaryWeight --binarizer "$binarizer") ;;
-    esac
-    local data classes epochs
-    if [[ $ds == tuberlin ]]; then
-        data=${TUBERLIN_DIR:?set TUBERLIN_DIR to the TU-Berlin folder (holding png/)}; classes=250; epochs=600
-        flags+=(--dataset tuberlin --fold "${FOLD:-1}")
-    else
-        data=${SKETCHY_DIR:?set SKETCHY_DIR to the Sketchy folder (holding rendered_256x256/)}; classes=125; epochs=400
-        flags+=(--dataset sketchyrecognition)
-    fi
-    train "${RUN_NAME:-$name}" "${flags[@]}" --data_dir "$data" --nClasses "$classes" --model_def "$model" \
+    local flags=(--dataset "$dataset")
+    if [[ $ds == tuberlin ]]; then flags+=(--fold "${FOLD:-1}"); fi
+    if [[ $variant != fp ]]; then flags+=(--binarizer "$binarizer"); fi
+    train "${RUN_NAME:-$name}" "${flags[@]}" --data_dir "$DATA" --nClasses "$classes" --model_def "$model" \
         --epochs "$epochs" --batch-size "$batch" --testbatchsize "$testbatch" --tenCrop \
         --learningratescheduler decayschedular --decayinterval 50 --decaylevel 2 --optimType adam \
-        --maxlr "$maxlr" --minlr "$minlr" --weightDecay 0 --binStart "$bin_start" --binEnd "$bin_end" \
-        --inpsize "$inpsize" --cachemode "$@"
+        --maxlr "$maxlr" --minlr "$minlr" --weightDecay 0 --cachemode "$@"
 }
 
 # train NAME FLAGS...: one main.py run named NAME (through torchrun with NPROC), logged to textlogs/NAME.txt
 train() {
     local name=$1; shift
-    local launcher=(python3)
+    local launcher=(python3) again=(--resume auto)
     if [[ -n ${NPROC:-} ]]; then launcher=(torchrun --nproc_per_node="$NPROC"); fi
-    local again=(--resume auto)
     if [[ -n ${OVERWRITE:-} ]]; then again=(--overwrite); fi
-    if [[ -n ${DRYRUN:-} ]]; then  # print the command instead of running it
-        printf '%q ' "${launcher[@]}" main.py --name "$name" --workers "${WORKERS:-8}" "${again[@]}" "$@"; echo
-        return 0
-    fi
+    local command=("${launcher[@]}" main.py --name "$name" --workers "${WORKERS:-8}" "${again[@]}" "$@")
+    if [[ -n ${DRYRUN:-} ]]; then show "${command[@]}"; return 0; fi
     mkdir -p textlogs
     bash clean.sh
-    "${launcher[@]}" main.py --name "$name" --workers "${WORKERS:-8}" "${again[@]}" "$@" 2>&1 | tee -a "textlogs/$name.txt"
-    return "${PIPESTATUS[0]}"
+    "${command[@]}" 2>&1 | tee -a "textlogs/$name.txt"
 }
 
 launch_sdbnn() {
     local name=$1; shift
-    local data teacher=()
-    case $name in
-        cifar10_*) data=${CIFAR10_DIR:?set CIFAR10_DIR to the folder holding cifar-10-batches-py/} ;;
-        imagenet_*) data=${IMAGENET_DIR:?set IMAGENET_DIR to the folder holding train/ and val/}
-            if [[ -n ${TEACHER:-} ]]; then teacher=(--teacher "$TEACHER" --teacherModel resnet34)
-            else teacher=(--teacher savedmodels/imagenet_birealnet18_teacher/best.pth); fi ;;
-    esac
-    local flags=()
+    local teacher=()
+    data_dir "${SDBNN_DATA[$name]}"
+    if [[ -n ${TEACHER:-} ]]; then teacher=(--teacher "$TEACHER" --teacherModel resnet34)
+    else teacher=(--teacher savedmodels/imagenet_birealnet18_teacher/best.pth); fi
+    local flags=() f
     for f in ${SDBNN[$name]}; do
         if [[ $f == TEACHER ]]; then flags+=("${teacher[@]}" --kdT 1 --kdAlpha 1); else flags+=("$f"); fi
     done
-    train "$name" "${flags[@]}" --data_dir "$data" "$@"
+    train "$name" "${flags[@]}" --data_dir "$DATA" "$@"
 }
 
 # Hybrid Binary Networks from data: train the fully binarized Sketch-A-Net, measure which binarized inputs
-# err most and plan (python -m analysis.hybrid, default --keep 2), then train the hybrid the plan gives.
+# err most and plan (python3 -m analysis.hybrid, default --keep 2), then train the hybrid the plan gives.
+# A dry run prints the three commands, the plan as "$PLAN", and runs none of them (not even the planner).
 autohybrid() {
     local plan_flags=("$@")
     [[ ${#plan_flags[@]} -gt 0 ]] || plan_flags=(--keep 2)
-    launch tuberlin_sketchanetfbin_dab
-    local plan
-    plan=$(python3 -m analysis.hybrid savedmodels/tuberlin_sketchanetfbin_dab/best.pth "${plan_flags[@]}" \
-           | tee textlogs/tuberlin_sketchanetfbin_dab_plan.txt | awk '/^--binInputs /{print $2}')
-    [[ -n $plan ]] || { echo "runx.sh: the planner gave no plan (see textlogs/tuberlin_sketchanetfbin_dab_plan.txt)" >&2; exit 1; }
-    RUN_NAME="tuberlin_sketchanet_autohybrid_${plan//,/_}" launch tuberlin_sketchanetfbin_dab --binInputs "$plan"
+    local source=tuberlin_sketchanetfbin_dab plan
+    launch "$source"
+    local planner=(python3 -m analysis.hybrid "savedmodels/$source/best.pth" "${plan_flags[@]}")
+    if [[ -n ${DRYRUN:-} ]]; then
+        show "${planner[@]}"
+        echo "runx.sh: dry run: \"\$PLAN\" stands for the --binInputs value the planner prints" >&2
+        PLACEHOLDERS+=(PLAN)
+        plan='$PLAN'
+    else
+        plan=$("${planner[@]}" | tee "textlogs/${source}_plan.txt" | awk '/^--binInputs /{print $2}')
+        [[ -n $plan ]] || { echo "runx.sh: the planner gave no plan (see textlogs/${source}_plan.txt)" >&2; exit 1; }
+    fi
+    RUN_NAME="tuberlin_sketchanet_autohybrid_${plan//,/_}" launch "$source" --binInputs "$plan"
+}
+
+# all FLAGS...: every run, one after the other; without DRYRUN every data variable must be set first
+all() {
+    local name var missing=()
+    if [[ -z ${DRYRUN:-} ]]; then
+        for name in $(runs); do
+            var=$(data_var "$name")
+            if [[ -z ${!var:-} && " ${missing[*]} " != *" $var "* ]]; then missing+=("$var"); fi
+        done
+        if [[ ${#missing[@]} -gt 0 ]]; then
+            echo "runx.sh all: set ${missing[*]} first (nothing was run); or DRYRUN=1 to print the commands" >&2
+            exit 2
+        fi
+    fi
+    for name in $(runs); do launch "$name" "$@"; done
 }
 
 case ${1:-} in
     ""|-h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     list) runs ;;
-    all) shift; for name in $(runs); do launch "$name" "$@"; done ;;
-    report) shift; python3 -m analysis.report runs --out "${REPORT_DIR:-results}" "$@" ;;
+    all) shift; all "$@" ;;
+    report) shift
+        report=(python3 -m analysis.report runs --out "${REPORT_DIR:-results}" "$@")
+        if [[ -n ${DRYRUN:-} ]]; then show "${report[@]}"; else "${report[@]}"; fi ;;
     autohybrid) shift; autohybrid "$@" ;;
     *) name=$1; shift
-       runs | grep -qx "$name" || { echo "runx.sh: unknown run '$name'; see 'bash runx.sh list'" >&2; exit 2; }
+       is_run "$name" || { echo "runx.sh: unknown run '$name'; see 'bash runx.sh list'" >&2; exit 2; }
        launch "$name" "$@" ;;
 esac

@@ -6,12 +6,14 @@
   ``mse = ||b(x) - x||^2 / (C H W)``, its normalised form ``mse / mean(x^2)`` and the element mean of
   ``|1 - clamp(x, -1, 1)^2|``. Reported: ``rmse = sqrt(mean over samples of mse)``,
   ``nrmse = sqrt(mean over samples of mse / mean(x^2))`` and ``err_1mx2`` (the mean of the last). These
-  are the errors Hybrid Binary Networks choose full-precision inputs by (hybrid.md). Unlike the
-  original, the hooks are removed afterwards and every sample counts once (its accumulators were never
-  reset and weighted each batch equally).
+  are the errors Hybrid Binary Networks (Prabhu et al., WACV 2018) choose full-precision inputs by.
+  Unlike the original, the hooks are removed afterwards and every sample counts once (its accumulators
+  were never reset and weighted each batch equally).
 * ``weight_binarization_losses`` (``--calculateWeightBinarizationLosses``): per binarized conv, the RMS
   difference between its output with the latent real weights and with the binarized ones, on the same
   input.
+* ``report_losses`` measures what the two flags ask for (given as booleans: nothing here reads the
+  command line), prints it and, with a run logger, logs and saves it.
 """
 
 import math
@@ -87,10 +89,14 @@ def weight_binarization_losses(model, loader, device, *, channels_last=False):
             for s, (index, name, _, _) in enumerate(layers)]
 
 
-def report_losses(args, model, loader, device, logger, step, say):
-    """Measure, print and (with a logger) log and save the losses the flags ask for."""
-    if args.calculateBinarizationLosses:
-        rows = input_binarization_losses(model, loader, device, channels_last=args.channelsLast)
+def report_losses(model, loader, device, logger, step, say, *, inputs, weights, channels_last):
+    """Measure and print the errors asked for: ``inputs`` (--calculateBinarizationLosses) the input
+    binarization errors, ``weights`` (--calculateWeightBinarizationLosses) the weight binarization errors.
+    With a ``logger`` the rows are also logged as scalars at ``step`` and saved as JSON in the run's folder;
+    ``say`` prints a line. Returns ``{"inputs": rows or None, "weights": rows or None}``."""
+    found = {"inputs": None, "weights": None}
+    if inputs:
+        found["inputs"] = rows = input_binarization_losses(model, loader, device, channels_last=channels_last)
         say("input binarization errors on val (the original's --calculateBinarizationLosses):" if rows else
             "input binarization errors: no conv of this model has a binarized input")
         for r in rows:
@@ -100,8 +106,8 @@ def report_losses(args, model, loader, device, logger, step, say):
             logger.scalars({f"binarization/conv{r['index']:02d}/{k}": r[k] for r in rows
                             for k in ("rmse", "nrmse", "err_1mx2")}, step)
             logger.write_json("binarization_losses.json", rows)
-    if args.calculateWeightBinarizationLosses:
-        rows = weight_binarization_losses(model, loader, device, channels_last=args.channelsLast)
+    if weights:
+        found["weights"] = rows = weight_binarization_losses(model, loader, device, channels_last=channels_last)
         say("weight binarization losses (RMS of real minus binarized conv outputs on val):" if rows else
             "weight binarization losses: no binarized conv (pass --binaryWeight)")
         for r in rows:
@@ -109,3 +115,4 @@ def report_losses(args, model, loader, device, logger, step, say):
         if logger is not None and rows:
             logger.scalars({f"weight_binarization_rmse/conv{r['index']:02d}": r["rmse"] for r in rows}, step)
             logger.write_json("weight_binarization_losses.json", rows)
+    return found

@@ -8,7 +8,7 @@ any ``--binInputs``), measures the input binarization errors of those convs over
 (``analysis.binerrors.input_binarization_losses``, the original's ``--calculateBinarizationLosses``), prices
 each conv in equivalent MACs, picks the inputs that stay full precision, and prints the plan as a
 ``--binInputs`` value with the ``main.py`` command that trains the hybrid (Prabhu et al., "Hybrid Binary
-Networks", WACV 2018; shared/spec/hybrid.md).
+Networks", WACV 2018).
 
 Cost convention (XNOR-Net's, as the paper's "equivalent FLOPs" plots use it). A MAC of a conv with
 binarized weights AND a binarized input runs as XNOR + popcount and counts 1/64 of a real MAC. Every
@@ -22,7 +22,7 @@ Internally costs are exact integers in 1/64 MAC units.
 Error metric: any of the three measures (``--metric``); the default is the normalised RMSE ``nrmse``,
 ``sqrt(mean over samples of ||sign(x) - x||^2 / ||x||^2)``, the error relative to the energy of the
 input. It is the measure whose scale matches the scores of the paper's plots (Sketch-A-Net convs 2-7:
-7.19 ... 41.40, hybrid.md): ``err_1mx2`` = mean |1 - clamp(x, -1, 1)^2| never exceeds 1 and ``rmse`` of
+7.19 ... 41.40): ``err_1mx2`` = mean |1 - clamp(x, -1, 1)^2| never exceeds 1 and ``rmse`` of
 a BN-normalised input stays near 1, so the paper most likely ranked layers by it (an inference: its
 selection code is not published). It is largest where the values of x crowd near 0, which is where sign
 keeps least of the input relative to its content; ``rmse`` instead grows with |x| far from 1 (the scale
@@ -44,9 +44,34 @@ Selection rules, given per-conv rows (conv index, error, MACs, whether its weigh
   and no dearer than another goes real first) finds it; no approximation. Its worst case is exponential,
   but 60 layers take milliseconds to a second, equal layers included. F < 1 is infeasible
   (even the fully binarized model costs 1 x itself): the error names F = 1, the smallest feasible budget.
+
+The hybrid's command (:func:`train_command`) is the source run's whole recipe: the options its checkpoint
+records (what main.py resolved from its flags: data, model, binarization, optimisation, distillation,
+precision, logging) written back as flags by ``opts.to_argv``, so ``opts.parse`` of the command gives the
+source's values, except:
+* ``--binInputs``: the plan;
+* ``--name``: the planner's ``--name``, else ``<source name>_hybrid_<plan>`` (commas as underscores), so the
+  hybrid never lands in the folders of the run it was planned from;
+* ``--store``: the planner's ``--store``; else main.py's default for the new name where the source used its
+  default (``savedmodels/<name>``), else the folder beside the source's store named after the hybrid;
+* ``--logdir``: the planner's ``--logdir``, else the source's (each run logs into its own ``<logdir>/<name>``,
+  so the hybrid's logs sit beside its source's, where ``analysis.report`` compares them);
+* ``--dataset``/``--data_dir``: the planner's, when given (the data the plan was measured on); another
+  dataset drops ``--nClasses`` (its data gives the classes);
+* left out (:data:`NOT_REPEATED`), so main.py's defaults hold: how the source was started or what it did
+  instead of training (``--resume``, ``--start-epoch``, ``--overwrite``, ``--pretrained``/``--pretrained_file``:
+  the hybrid starts from its own initialisation unless a file is added; ``--evaluate``/``--testOnly``,
+  ``--export``, ``--summary``, ``--packed``) and ``--ngpus`` (replaced by torchrun; > 1 fails under plain
+  python).
+The aliases ``opts.to_argv`` writes in their resolved form (``--lr`` as ``--maxlr``, ``--cuda`` as
+``--device``, ``--bnnModel`` as ``--binarizer bnn``, ``--binStart``/``--binEnd`` as ``--binLayers``) keep
+their meaning but not their spelling. The command is printed as ``python main.py ...``; launch it through
+torchrun as the source was, if it was.
 """
 
+import argparse
 import math
+import os
 import shlex
 import sys
 from fractions import Fraction
@@ -64,8 +89,8 @@ from analysis.binerrors import input_binarization_losses
 from deploy.summary import count_macs
 
 __all__ = ["BINARY_MAC_DIVISOR", "METRICS", "PlanError", "layer_costs", "equivalent_macs", "plan_table",
-           "plan_keep", "plan_budget", "binarized_inputs", "format_plan", "train_command", "plan_from_checkpoint",
-           "get_parser", "main"]
+           "plan_keep", "plan_budget", "binarized_inputs", "format_plan", "NOT_REPEATED", "hybrid_name",
+           "hybrid_options", "train_command", "plan_from_checkpoint", "get_parser", "main"]
 
 BINARY_MAC_DIVISOR = 64  # a binary MAC (XNOR + popcount) costs 1/64 of a real MAC (XNOR-Net's convention)
 METRICS = ("nrmse", "rmse", "err_1mx2")
@@ -212,13 +237,20 @@ def _knapsack(items, capacity):
     rank = {k: r for r, k in enumerate(sorted(rest, key=lambda k: items[k][0]))}
     objective = {k: ((values[k] * (total_weight + 1) - weights[k]) * (n + 1) - 1) * (1 << n) + (1 << (n - 1 - rank[k]))
                  for k in rest}
-    # Branch and bound over items in decreasing objective per unit of weight. An item that is no worse in
-    # objective and no heavier than another dominates it (and comes first in this order): an optimum that
-    # holds the dominated item holds its dominator too, else swapping them would improve it. So excluding
-    # an item blocks every item it dominates; equal layers (same error and MACs) then cost no search.
     order = sorted(rest, key=lambda k: Fraction(objective[k], weights[k]), reverse=True)
-    obj = [objective[k] for k in order]
-    wt = [weights[k] for k in order]
+    taken = _branch_and_bound([objective[k] for k in order], [weights[k] for k in order], capacity)
+    return [items[k][0] for k in chosen + [order[q] for q in taken]]
+
+
+def _branch_and_bound(obj, wt, capacity):
+    """Positions of the items (objective ``obj``, weight ``wt`` > 0, sorted by decreasing objective per unit of
+    weight) whose set has the largest summed objective within ``capacity``; exact.
+
+    An item that is no worse in objective and no heavier than another dominates it (and comes first in this
+    order): an optimum that holds the dominated item holds its dominator too, else swapping them would
+    improve it. So excluding an item blocks every item it dominates; equal layers (same error and MACs)
+    then cost no search."""
+    n = len(obj)
     dominated = [[p for p in range(q + 1, n) if obj[q] >= obj[p] and wt[q] <= wt[p]] for q in range(n)]
     blocked = [0] * n  # per item: how many of its dominators are excluded on the current path
     best = [-1, []]
@@ -246,7 +278,7 @@ def _knapsack(items, capacity):
         if not bound_exceeds(pos, room, value):
             return
         if wt[pos] <= room:
-            taken.append(order[pos])
+            taken.append(pos)
             search(pos + 1, room - wt[pos], value + obj[pos])
             taken.pop()
         for p in dominated[pos]:
@@ -256,7 +288,7 @@ def _knapsack(items, capacity):
             blocked[p] -= 1
 
     search(0, capacity, 0)
-    return [items[k][0] for k in chosen + best[1]]
+    return best[1]
 
 
 def binarized_inputs(table, real):
@@ -303,58 +335,62 @@ def format_plan(table, real, layers, *, metric, rule, title=None):
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------- the hybrid's run
+
+# Options of the source run that the hybrid's command leaves out: they say how that run was started (from
+# which checkpoint, over which folders, launched how) or what it did instead of training, not how it trains.
+NOT_REPEATED = ("resume", "start_epoch", "overwrite", "pretrained", "pretrained_file", "evaluate", "testOnly",
+                "export", "summary", "packed", "ngpus")
+
+
+def hybrid_name(source_name, bin_inputs):
+    """The hybrid's default ``--name``: the source run's name, ``_hybrid_`` and the ``--binInputs`` value with
+    its commas as underscores (``tuberlin_sketchanetfbin_dab_hybrid_2_5-7`` for ``2,5-7``)."""
+    return f"{source_name}_hybrid_{bin_inputs.replace(',', '_')}"
+
+
+def _store_beside(source_store, source_name, name):
+    """The hybrid's ``--store`` when none is given: main.py's default (None) where the source run used its
+    default, else the folder beside the source's store named after the hybrid."""
+    if not source_store or os.path.normpath(source_store) == os.path.normpath(os.path.join("savedmodels", source_name)):
+        return None
+    return os.path.join(os.path.dirname(os.path.normpath(source_store)), os.path.basename(os.path.normpath(name)))
+
+
+def hybrid_options(source, bin_inputs, *, name=None, logdir=None, store=None, dataset=None, data_dir=None):
+    """The options of the run that trains the hybrid, as a dict: ``source`` (the source run's resolved options,
+    as its checkpoint records them) with ``--binInputs bin_inputs``, a ``--name`` of its own (``name``, else
+    :func:`hybrid_name`), a checkpoint folder of its own (``store``, else :func:`_store_beside`), ``logdir``
+    when given (else the source's: the hybrid's logs go beside the source's), the data the plan was measured
+    on (``dataset``, whose classes then come from the data, and ``data_dir``, when given), and none of
+    :data:`NOT_REPEATED`. Every other option is the source's."""
+    options = {key: value for key, value in source.items() if key not in NOT_REPEATED}
+    source_name = source.get("name") or f"{source['dataset']}_{source['model_def']}"
+    if dataset is not None and dataset != source.get("dataset"):
+        options.update(dataset=dataset, nClasses=None)
+    if data_dir is not None:
+        options["data_dir"] = data_dir
+    options["name"] = name or hybrid_name(source_name, bin_inputs)
+    options["logdir"] = logdir or source.get("logdir")
+    options["store"] = store or _store_beside(source.get("store"), source_name, options["name"])
+    options["binInputs"] = binarize.parse_indices(bin_inputs)
+    return options
+
+
+def train_command(source, bin_inputs, **changes):
+    """The ``python main.py`` command that trains the hybrid: the flags of :func:`hybrid_options` (``changes``
+    are its keyword arguments) as ``opts.to_argv`` writes them. The command is parsed as main.py would parse
+    it first, so a --name or --store that main.py refuses is a UsageError here."""
+    argv = opts.to_argv(hybrid_options(source, bin_inputs, **changes))
+    opts.parse(argv)
+    return shlex.join(["python", "main.py", *argv])
+
+
 # ------------------------------------------------------------------------------------------------- CLI
-
-# Flags of the training run the hybrid's command repeats where they differ from main.py's defaults.
-TRAINING_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "testbatchsize": "--testbatchsize",
-                  "optimType": "--optimType", "maxlr": "--maxlr", "minlr": "--minlr",
-                  "learningratescheduler": "--learningratescheduler", "decayinterval": "--decayinterval",
-                  "decaylevel": "--decaylevel", "momentum": "--momentum", "weightDecay": "--weightDecay",
-                  "criterion": "--criterion", "labelSmoothing": "--labelSmoothing", "fold": "--fold",
-                  "manualSeed": "--manualSeed"}
-ARCH_FLAGS = {"binarizer": "--binarizer", "weightShift": "--weightShift", "binActivation": "--binActivation",
-              "backward": "--backward"}
-
-
-def train_command(args, bin_inputs):
-    """The ``main.py`` command that trains the hybrid: the checkpoint's data, architecture and training flags
-    (those that differ from the defaults) with ``--binInputs bin_inputs``."""
-    default = opts.parse(["--model_def", args.model_def])
-    parts = ["python", "main.py", "--dataset", args.dataset]
-    if args.data_dir:
-        parts += ["--data_dir", args.data_dir]
-    parts += ["--model_def", args.model_def]
-    if args.inpsize != default.inpsize:
-        parts += ["--inpsize", str(args.inpsize)]
-    if args.tenCrop:
-        parts.append("--tenCrop")
-    if args.binaryWeight != default.binaryWeight:
-        parts.append("--binaryWeight" if args.binaryWeight else "--no-binaryWeight")
-    if args.binaryWeight and list(args.binLayers) != list(default.binLayers):
-        parts += ["--binLayers", binarize.format_indices(args.binLayers)]
-    for key, flag in ARCH_FLAGS.items():
-        value, usual = getattr(args, key, None), getattr(default, key, None)
-        if value != usual and value is not None:
-            parts += [flag, str(value)]
-    for key, flag in TRAINING_FLAGS.items():
-        value = getattr(args, key, None)
-        if value is not None and value != getattr(default, key, None):
-            parts += [flag, str(value)]
-    if getattr(args, "nesterov", False):
-        parts.append("--nesterov")
-    parts += ["--binInputs", bin_inputs]
-    return " ".join(shlex.quote(p) for p in parts)
-
 
 def get_parser():
     parser = opts.Parser(prog="python -m analysis.hybrid", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="checkpoint of main.py (.pth) of a model with binarized inputs")
-    parser.add_argument("--data_dir", default=None, help="dataset folder (default: the checkpoint's)")
-    parser.add_argument("--dataset", default=None, choices=datasets.DATASETS,
-                        help="dataset (default: the checkpoint's)")
-    parser.add_argument("--testbatchsize", type=opts.positive_int, default=64, help="val batch size (default: 64)")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to measure")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--keep", type=int, default=None, metavar="N",
                         help="keep the N inputs with the highest error real")
@@ -362,6 +398,20 @@ def get_parser():
                         help="least summed error of the binarized inputs within F x the equivalent MACs of the "
                              "fully binarized model (F >= 1)")
     parser.add_argument("--metric", default="nrmse", choices=METRICS, help="error measure (default: nrmse)")
+    g = parser.add_argument_group("the data measured on (also the data of the printed command)")
+    g.add_argument("--data_dir", default=None, help="dataset folder (default: the checkpoint's)")
+    g.add_argument("--dataset", default=None, choices=datasets.DATASETS, help="dataset (default: the checkpoint's)")
+    g = parser.add_argument_group("how to measure")
+    g.add_argument("--testbatchsize", type=opts.positive_int, default=64, help="val batch size (default: 64)")
+    g.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to measure")
+    g = parser.add_argument_group("the printed command's run")
+    g.add_argument("--name", default=None,
+                   help="the hybrid's run name (default: <the checkpoint's run name>_hybrid_<--binInputs value>)")
+    g.add_argument("--logdir", default=None, help="the hybrid's --logdir (default: the checkpoint's)")
+    g.add_argument("--store", default=None,
+                   help="the hybrid's checkpoint folder (default: main.py's own for its name, or beside the "
+                        "checkpoint's store when that run gave one)")
     return parser
 
 
@@ -371,57 +421,81 @@ def _device(name):
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
-def plan_from_checkpoint(options):
-    """Measure, price and choose for the parsed ``options``; returns the printed report."""
-    if (options.keep is None) == (options.budget is None):
+def _check_rule(keep, budget, workers):
+    if (keep is None) == (budget is None):
         raise PlanError("give one of --keep N or --budget F")
-    if options.workers < 0:
-        raise PlanError(f"--workers must be >= 0, got {options.workers}")
-    device = _device(options.device)
-    model, args, state = build.from_checkpoint(options.checkpoint, device)
-    slots = binarize.input_binarizers(model)
-    if not slots:
-        raise PlanError(f"{options.checkpoint}: its {args.model_def} has no conv with a binarized input; the planner "
-                        f"needs a model trained with binarized inputs (an fbin model, or --binInputs)")
-    # Check N and F before the pass over the data (the same checks, on a table of the right length).
-    if options.keep is not None:
-        plan_keep([(index, 0.0, 0) for index, *_ in slots], options.keep)
-    else:
-        plan_budget([], options.budget, 1)
-    if options.dataset is not None and options.dataset != args.dataset:
-        args.dataset, args.nClasses = options.dataset, None  # the labels are not used: any class count will do
-    if options.data_dir is not None:
-        args.data_dir = options.data_dir
-    note = build.input_size_note(args)
-    in_channels = state.get("in_channels") or datasets.SHAPES[args.dataset][1]
-    bundle = build.data(args)
+    if workers < 0:
+        raise PlanError(f"--workers must be >= 0, got {workers}")
+
+
+def _val_data(source, dataset, data_dir, in_channels):
+    """``(bundle, inpsize, note)``: the val data to measure on (the source's, or ``dataset``/``data_dir``)."""
+    args = argparse.Namespace(**source)
+    if dataset is not None and dataset != args.dataset:
+        args.dataset, args.nClasses = dataset, None  # the labels are not used: any class count will do
+    if data_dir is not None:
+        args.data_dir = data_dir
+    note, native = None, datasets.native_size(args.dataset)
+    if native is not None and native != args.inpsize:
+        note = (f"note: --inpsize {args.inpsize} does not apply to {args.dataset} (its images are "
+                f"{native}x{native}); measuring at {native}")
+        args.inpsize = native
+    bundle = build.load_data(args)
     if bundle.num_channels != in_channels:
         raise UsageError(f"the val data has {bundle.num_channels} channel(s), the model takes {in_channels}; "
                          f"give the dataset it was trained on")
-    val_loader = DataLoader(bundle.val, batch_size=options.testbatchsize, shuffle=False, num_workers=options.workers,
-                            pin_memory=device.type == "cuda")
-    losses = input_binarization_losses(model, val_loader, device)
-    layers = layer_costs(model, args.inpsize, in_channels)
-    table = plan_table(losses, layers, options.metric)
+    return bundle, args.inpsize, note
+
+
+def _choose(table, layers, metric, keep, budget):
+    """``(real conv indices, the rule in words)`` for ``--keep`` or ``--budget``."""
+    if keep is not None:
+        return plan_keep(table, keep), (f"--keep {keep}: the {keep} inputs with the highest {metric} stay real "
+                                        f"(ties: fewer MACs first, then the lower index)")
     fbin_cost = equivalent_macs(layers, [r["index"] for r in table])
-    if options.keep is not None:
-        real = plan_keep(table, options.keep)
-        rule = (f"--keep {options.keep}: the {options.keep} inputs with the highest {options.metric} stay real "
-                f"(ties: fewer MACs first, then the lower index)")
+    all_real = Fraction(math.ceil(equivalent_macs(layers, []) / fbin_cost * 1000), 1000)
+    rule = (f"--budget {budget:g}: least summed {metric} of the binarized inputs with equivalent MACs <= "
+            f"{budget:g} x {_mega(fbin_cost)} = {_mega(budget * fbin_cost)} (exact 0/1 knapsack; ties: cheaper, "
+            f"then fewer real inputs, then lower indices); --budget {float(all_real):g} or more keeps every "
+            f"input real")
+    return plan_budget(table, budget, fbin_cost), rule
+
+
+def plan_from_checkpoint(checkpoint, *, keep=None, budget=None, metric="nrmse", dataset=None, data_dir=None,
+                         testbatchsize=64, workers=0, device="auto", name=None, logdir=None, store=None):
+    """Measure the checkpoint's input binarization errors over its val set (or ``dataset``/``data_dir``),
+    price them, choose by ``keep`` or ``budget`` and return the printed report, which ends with the command
+    that trains the hybrid (:func:`train_command`, with ``name``, ``logdir`` and ``store`` for its run)."""
+    _check_rule(keep, budget, workers)
+    where = _device(device)
+    model, args, state = build.load_checkpoint_model(checkpoint, where)
+    source = dict(vars(args))
+    slots = binarize.input_binarizers(model)
+    if not slots:
+        raise PlanError(f"{checkpoint}: its {source['model_def']} has no conv with a binarized input; the planner "
+                        f"needs a model trained with binarized inputs (an fbin model, or --binInputs)")
+    # Check N, F and the hybrid's flags before the pass over the data (the same checks, on a stand-in plan).
+    if keep is not None:
+        plan_keep([(index, 0.0, 0) for index, *_ in slots], keep)
     else:
-        real = plan_budget(table, options.budget, fbin_cost)
-        all_real = Fraction(math.ceil(equivalent_macs(layers, []) / fbin_cost * 1000), 1000)
-        rule = (f"--budget {options.budget:g}: least summed {options.metric} of the binarized inputs with equivalent "
-                f"MACs <= {options.budget:g} x {_mega(fbin_cost)} = {_mega(options.budget * fbin_cost)} (exact 0/1 "
-                f"knapsack; ties: cheaper, then fewer real inputs, then lower indices); --budget "
-                f"{float(all_real):g} or more keeps every input real")
-    weights = (f"{args.binarizer} weights on convs {binarize.format_indices(args.binLayers)}" if args.binaryWeight
-               else "real weights")
-    title = (f"hybrid plan for {options.checkpoint}: {args.model_def} ({weights}, {args.inpsize}x{args.inpsize}, "
-             f"{in_channels} channel(s)); val: {bundle.description}; device {device}")
-    report = format_plan(table, real, layers, metric=options.metric, rule=rule, title=title)
+        plan_budget([], budget, 1)
+    changes = dict(name=name, logdir=logdir, store=store, dataset=dataset, data_dir=data_dir)
+    train_command(source, binarize.format_indices([index for index, *_ in slots]), **changes)
+    in_channels = state.get("in_channels") or datasets.SHAPES[source["dataset"]][1]
+    bundle, inpsize, note = _val_data(source, dataset, data_dir, in_channels)
+    val_loader = DataLoader(bundle.val, batch_size=testbatchsize, shuffle=False, num_workers=workers,
+                            pin_memory=where.type == "cuda")
+    losses = input_binarization_losses(model, val_loader, where)
+    layers = layer_costs(model, inpsize, in_channels)
+    table = plan_table(losses, layers, metric)
+    real, rule = _choose(table, layers, metric, keep, budget)
+    weights = (f"{source['binarizer']} weights on convs {binarize.format_indices(source['binLayers'])}"
+               if source["binaryWeight"] else "real weights")
+    title = (f"hybrid plan for {checkpoint}: {source['model_def']} ({weights}, {inpsize}x{inpsize}, "
+             f"{in_channels} channel(s)); val: {bundle.description}; device {where}")
+    report = format_plan(table, real, layers, metric=metric, rule=rule, title=title)
     plan = binarize.format_indices(binarized_inputs(table, real))
-    report += f"\ntrain the hybrid: {train_command(args, plan)}"
+    report += f"\ntrain the hybrid: {train_command(source, plan, **changes)}"
     return (note + "\n" if note else "") + report
 
 
@@ -433,7 +507,7 @@ def main(argv=None):
     except SystemExit as exc:  # --help (0) or a bad flag (2, message already printed)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        print(plan_from_checkpoint(options))
+        print(plan_from_checkpoint(**vars(options)))
     except (UsageError, PlanError) as exc:
         print(f"python -m analysis.hybrid: error: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,15 @@
 """Hybrid Binary Networks: --binInputs rebuilds the original hybrids from their fbin twins, the planner's
-choices (analysis.hybrid) on hand-made tables, the error formulas it ranks by, and its CLI end to end."""
+choices (analysis.hybrid) on hand-made tables, the costs it prices them by, the command that trains the
+hybrid (the source run's whole recipe), and its CLI end to end. The error formulas it ranks by are
+tested in test_analysis_binerrors.py."""
 
+import contextlib
 import itertools
+import os
 import random
 import re
+import shlex
+import signal
 from fractions import Fraction
 
 import pytest
@@ -13,10 +19,10 @@ from torch import nn
 import binarize
 import main
 import models
+import opts
 from models.__main__ import main as models_cli
 from tinydata import split_tree
 from analysis import hybrid
-from analysis.binerrors import input_binarization_losses
 
 # ------------------------------------------------------------------ the original hybrids from fbin twins
 
@@ -158,9 +164,31 @@ def test_budget_matches_a_brute_force_over_all_subsets():
         assert hybrid.plan_budget(table, factor, base) == _brute_force(table, factor, base), (table, factor, base)
 
 
-def test_budget_is_fast_on_sixty_equal_layers():
+@contextlib.contextmanager
+def _deadline(seconds):
+    """TimeoutError if the block runs longer than ``seconds`` (wall clock; SIGALRM, main thread)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still searching after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_budget_on_sixty_equal_layers_takes_the_lowest_indices_without_searching_every_subset():
+    # Sixty equal layers: any k of them are equally good, so the tie rule picks convs 2 .. k + 1. Without the
+    # dominance between equal layers the search would visit C(60, k) sets (about 1e17 for k = 27); 60 s is
+    # thousands of times what the exact search needs, and far less than the enumeration.
     table = [(i, 1.0, 1000) for i in range(2, 62)]
-    assert hybrid.plan_budget(table, 30, 60 * 1000 / 64) == list(range(2, 2 + 27))  # 29 x 60 / 63 = 27 fit
+    base = Fraction(60 * 1000, 64)
+    with _deadline(60):
+        for factor, fit in ((1, 0), (2, 0), (3, 1), (30, 27), (45, 41), (61, 57), (64, 60), (100, 60)):
+            # extra room (factor - 1) x base, each real input costs 1000 x 63 / 64: fit = (factor - 1) x 60 / 63
+            assert fit == min(60, (factor - 1) * 60 // 63)
+            assert hybrid.plan_budget(table, factor, base) == list(range(2, 2 + fit)), factor
 
 
 # ---------------------------------------------------------------------------------- costs and errors
@@ -184,44 +212,113 @@ def test_equivalent_macs_follow_the_one_in_64_convention():
     assert hybrid.equivalent_macs(real_weights) == 288 + 288 + 48             # sign before real weights
 
 
-def test_error_formulas_against_a_direct_computation():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.BatchNorm2d(3), binarize.BinActive(), nn.Conv2d(3, 4, 3), nn.ReLU(),
-                          nn.BatchNorm2d(4), binarize.BinActive(), nn.Conv2d(4, 2, 1)).eval()
-    with torch.no_grad():
-        for bn, scale in ((model[0], 0.3), (model[4], 2.5)):  # inputs well inside and well outside [-1, 1]
-            bn.weight.uniform_(0.5, 1.5).mul_(scale)
-            bn.bias.uniform_(-0.2, 0.2)
-    batches = [torch.randn(3, 3, 5, 5) * 2 + 0.3, torch.randn(2, 3, 5, 5)]  # uneven: every sample counts once
-    loader = [(x, torch.zeros(len(x), dtype=torch.long)) for x in batches]
-    captured = {1: [], 2: []}  # conv index -> inputs of its sign
-    hooks = [model[1].register_forward_hook(lambda m, a, o: captured[1].append(a[0].detach().clone())),
-             model[5].register_forward_hook(lambda m, a, o: captured[2].append(a[0].detach().clone()))]
-    rows = input_binarization_losses(model, loader, torch.device("cpu"))
-    for h in hooks:
-        h.remove()
-    assert [(r["index"], r["name"]) for r in rows] == [(1, "2"), (2, "6")]
-    for r in rows:
-        x = torch.cat(captured[r["index"]]).double().flatten(1)
-        assert len(x) == 5
-        mse = (torch.sign(x) - x).square().mean(dim=1)
-        assert r["rmse"] == pytest.approx(mse.mean().sqrt().item(), rel=1e-5)
-        assert r["nrmse"] == pytest.approx((mse / x.square().mean(dim=1)).mean().sqrt().item(), rel=1e-5)
-        assert r["err_1mx2"] == pytest.approx((1 - x.clamp(-1, 1).square()).abs().mean(dim=1).mean().item(),
-                                              rel=1e-5)
+# ------------------------------------------------------------------------------- the hybrid's command
+
+# What the command changes (every other resolved option is the source run's): the plan, a run name and a
+# checkpoint folder of its own, and what said how the source was started or what it did instead of training.
+CHANGED = {"binInputs", "name", "store", "resume", "start_epoch", "overwrite", "pretrained", "pretrained_file",
+           "evaluate", "testOnly", "export", "summary", "packed", "ngpus"}
+# Their values in the hybrid's command, where they do not depend on the case.
+STARTS_FRESH = dict(resume=None, start_epoch=None, overwrite=False, pretrained=False, pretrained_file=None,
+                    evaluate=False, testOnly=False, export=None, summary=False, packed="off", ngpus=1)
+# The recipe the planner's command used to drop (it rebuilt a few flags by hand).
+ONCE_DROPPED = {"dataNorm", "edeTmin", "edeTmax", "teacher", "teacherModel", "kdT", "kdAlpha", "amp", "channelsLast",
+                "syncBN", "labelSmoothing", "tenCrop", "cachemode", "workers", "logdir", "saveEvery"}
+RICH = ("--dataset tuberlin --data_dir /data/tub --nClasses 250 --workers 3 --batch-size 32 --testbatchsize 8 "
+        "--tenCrop --inpsize 240 --cachemode --cacheDir /cache --fold 2 --skipBadImages --sketchyVariant "
+        "tx_000100000000 --sketchyDropInvalid --dataNorm imagenet --model_def sketchanetfbin --weight_init "
+        "--binLayers 2-6 --binarizer xnor --weightShift wsd --binActivation asd --backward ede --edeTmin 0.01 "
+        "--edeTmax 5 --calculateBinarizationLosses --calculateWeightBinarizationLosses --epochs 7 --optimType sgd "
+        "--criterion crossentropy --labelSmoothing 0.1 --learningratescheduler cosine --maxlr 0.05 --minlr 1e-6 "
+        "--decayinterval 3 --decaylevel 4 --momentum 0.8 --nesterov --weightDecay 1e-4 --teacher t.pth "
+        "--teacherModel resnet34 --kdT 2 --kdAlpha 0.5 --manualSeed 9 --device cuda --logdir logs "
+        "--no-tensorboard --verbose --printfreq 7 --resume auto --saveEvery 5 --amp bf16 --channelsLast --syncBN")
+SOURCES = {  # argv of the source run, with the folders its checkpoint records: (name, logdir, store)
+    "rich recipe": (RICH, ("src", "logs", "savedmodels/src")),
+    "fresh over a run, pretrained": ("--model_def resnetfbin18 --binarizer sdbnn --overwrite --pretrained "
+                                     "--pretrained_file w.pth --ngpus 4 --dataset sketchy",
+                                     ("sweep/r1", "runs", "/scratch/ckpt/r1")),
+    "evaluation and export": ("--model_def nin --binInputs 3-5 --evaluate --pretrained_file m.safetensors --packed "
+                              "on --export o.safetensors --summary --binaryWeight --no-binaryWeight", None),
+    "resumed at an epoch": ("--model_def sketchanetfbin --resume ckpt.pth --start-epoch 3 --amp fp16",
+                            ("digits_sketchanetfbin", "runs", "savedmodels/digits_sketchanetfbin")),
+}
+
+
+def _source(argv, folders):
+    options = vars(opts.parse(argv.split()))
+    if folders:  # what main.py records: the resolved name and folders
+        options.update(zip(("name", "logdir", "store"), folders))
+    return options
+
+
+def _parsed_command(command):
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "main.py"]
+    return vars(opts.parse(argv[2:]))
+
+
+def _assert_same_except_changed(parsed, source, changed=CHANGED):
+    assert set(parsed) == set(source)  # every option of main.py
+    differ = {key: (source[key], parsed[key]) for key in source if key not in changed and parsed[key] != source[key]}
+    assert differ == {}
+
+
+@pytest.mark.parametrize("case", list(SOURCES))
+def test_the_command_is_the_source_recipe_with_only_the_planned_changes(case):
+    argv, folders = SOURCES[case]
+    source = _source(argv, folders)
+    parsed = _parsed_command(hybrid.train_command(source, "2,4-5"))
+    _assert_same_except_changed(parsed, source)
+    assert parsed["binInputs"] == [2, 4, 5]
+    assert {key: parsed[key] for key in STARTS_FRESH} == STARTS_FRESH
+    source_name = folders[0] if folders else f"{source['dataset']}_{source['model_def']}"
+    assert parsed["name"] == f"{source_name}_hybrid_2_4-5" != source["name"]
+    if case == "rich recipe":
+        defaults = vars(opts.parse(["--model_def", "sketchanetfbin"]))
+        assert {key for key in ONCE_DROPPED if source[key] != defaults[key]} == ONCE_DROPPED
+    # the checkpoint folder: main.py's default for the new name, or beside a store the source chose
+    assert parsed["store"] == ("/scratch/ckpt/r1_hybrid_2_4-5" if case.startswith("fresh") else None)
+
+
+def test_the_command_takes_the_hybrid_run_and_data_given_to_the_planner():
+    source = _source(*SOURCES["rich recipe"])
+    command = hybrid.train_command(source, "none", name="exp/hyb", logdir="elsewhere", store="ck/hyb",
+                                   data_dir="/new/tub")
+    parsed = _parsed_command(command)
+    assert (parsed["name"], parsed["logdir"], parsed["store"], parsed["data_dir"]) == \
+        ("exp/hyb", "elsewhere", "ck/hyb", "/new/tub")
+    assert parsed["binInputs"] == [] and "--binInputs none" in command
+    _assert_same_except_changed(parsed, source, CHANGED | {"logdir", "data_dir"})
+    other = _parsed_command(hybrid.train_command(source, "3", dataset="sketchyrecognition"))
+    assert other["dataset"] == "sketchyrecognition" and other["nClasses"] is None  # its data gives the classes
+    _assert_same_except_changed(other, source, CHANGED | {"dataset", "nClasses"})
+
+
+def test_a_name_main_py_would_refuse_is_a_usage_error():
+    source = _source(*SOURCES["resumed at an epoch"])
+    for bad in ("../up", "/abs/name"):
+        with pytest.raises(opts.UsageError, match="must be a relative name"):
+            hybrid.train_command(source, "2", name=bad)
 
 
 # --------------------------------------------------------------------------------------- CLI end to end
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A nin trained one epoch on a tiny TU-Berlin tree (binary weights, inputs 2-8 binarized), and one
-    without binarized inputs."""
+    """A nin trained one epoch on a tiny TU-Berlin tree without binarized inputs ("none"), and one with
+    binary weights and inputs 2-8 binarized ("fbin") trained with a recipe far from the defaults, distilled
+    from the first."""
     root = tmp_path_factory.mktemp("hybrid")
     data = str(split_tree(root / "data", ["alarm clock", "bear"], train_per_class=3, val_per_class=2,
                           subdir="tuberlin"))
+    recipe = ["--optimType", "sgd", "--nesterov", "--maxlr", "0.05", "--weightDecay", "1e-4", "--learningratescheduler",
+              "cosine", "--criterion", "crossentropy", "--labelSmoothing", "0.1", "--backward", "ede", "--edeTmin",
+              "0.01", "--edeTmax", "5", "--dataNorm", "imagenet", "--manualSeed", "7", "--no-tensorboard",
+              "--teacher", str(root / "ckpt" / "none" / "last.pth"), "--kdT", "2", "--kdAlpha", "0.5",
+              "--resume", "auto"]
     paths = {}
-    for name, extra in (("fbin", []), ("none", ["--binInputs", "none"])):
+    for name, extra in (("none", ["--binInputs", "none"]), ("fbin", recipe)):
         argv = ["--dataset", "tuberlin", "--data_dir", data, "--model_def", "nin", "--inpsize", "32", "--binaryWeight",
                 "--epochs", "1", "--batch-size", "8", "--testbatchsize", "4", "--workers", "0",
                 "--logdir", str(root / "logs"), "--store", str(root / "ckpt" / name), "--name", name, *extra]
@@ -251,15 +348,23 @@ def test_cli_plans_on_a_trained_checkpoint(checkpoints, capsys):
     by_error = sorted(rows, key=lambda r: -float(r[3]))  # nrmse, the default metric
     assert len(real) == 2 and set(real) == {int(r[0]) for r in by_error[:2]}
     assert value == binarize.format_indices(sorted(int(r[0]) for r in rows if r[7] == "binarized"))
-    command = re.search(r"^train the hybrid: python main\.py (.+)$", out, re.M).group(1).split()
-    assert command[command.index("--model_def") + 1] == "nin" and command[-2:] == ["--binInputs", value]
+    command = re.search(r"^train the hybrid: (.+)$", out, re.M).group(1)
+    parsed, source = _parsed_command(command), torch.load(checkpoints["fbin"], weights_only=True)["args"]
+    assert parsed["binInputs"] == binarize.parse_indices(value) and parsed["teacher"] == source["teacher"]
+    assert parsed["name"] == f"fbin_hybrid_{value.replace(',', '_')}" and parsed["resume"] is None
+    assert parsed["store"] == os.path.join(os.path.dirname(source["store"]), parsed["name"])
+    _assert_same_except_changed(parsed, source, {"binInputs", "name", "store", "resume"})
     assert models_cli(["nin", "--binInputs", value]) == 0
     table = capsys.readouterr().out.splitlines()[2:]
     assert [int(line.split()[0].rstrip("*")) for line in table if line.split()[6] == "yes"] == \
         binarize.parse_indices(value)
 
-    out, rows, value, (plan_cost, fbin_cost) = _run_planner(capsys, checkpoints["fbin"], "--budget", "2")
+    out, rows, value, (plan_cost, fbin_cost) = _run_planner(capsys, checkpoints["fbin"], "--budget", "2", "--name",
+                                                            "hyb", "--logdir", "hlogs")
     assert "--budget 2:" in out
+    parsed = _parsed_command(re.search(r"^train the hybrid: (.+)$", out, re.M).group(1))
+    assert (parsed["name"], parsed["logdir"], parsed["binInputs"]) == ("hyb", "hlogs", binarize.parse_indices(value))
+    assert parsed["store"] == os.path.join(os.path.dirname(source["store"]), "hyb")
     assert value == binarize.format_indices(sorted(int(r[0]) for r in rows if r[7] == "binarized"))
     assert fbin_cost < plan_cost <= 2 * fbin_cost + 1e-3
     assert models_cli(["nin", "--binInputs", value]) == 0
@@ -277,6 +382,7 @@ def test_cli_bad_input_gives_one_line_and_exit_2(checkpoints, tmp_path, capsys):
         "keep negative": ([ckpt, "--keep", "-1"], "0 <= N <= 7"),
         "budget below 1": ([ckpt, "--budget", "0.5"], "smallest feasible budget is --budget 1"),
         "missing data": ([ckpt, "--keep", "1", "--data_dir", str(tmp_path / "nodata")], "nodata"),
+        "hybrid name outside the folders": ([ckpt, "--keep", "1", "--name", "../up"], "must be a relative name"),
     }
     for label, (argv, fragment) in cases.items():
         assert hybrid.main(argv) == 2, label
