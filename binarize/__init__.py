@@ -14,7 +14,7 @@ one class plus one ``@register_weight_binarizer`` / ``@register_activation_binar
 Imports torch only (no torchvision).
 """
 
-from .functions import bnn, dab, xnor
+from .functions import binary_sign, bnn, dab, xnor
 from .surrogates import EDE, STE, SURROGATES, ApproxSignWindow, Surrogate, ede_schedule, make_surrogate
 from .weights import (BNN, DAB, WEIGHT_BINARIZERS, WEIGHT_SHIFTS, XNOR, FilterStats, Sign, WeightBinarizer,
                       WeightShift, make_weight_binarizer, register_weight_binarizer)
@@ -35,12 +35,12 @@ def activation_methods():
     return sorted(ACTIVATIONS)
 
 
-__all__ = ["dab", "xnor", "bnn",
+__all__ = ["dab", "xnor", "bnn", "binary_sign",
            "Surrogate", "STE", "EDE", "ApproxSignWindow", "SURROGATES", "make_surrogate", "ede_schedule",
            "WeightBinarizer", "DAB", "XNOR", "BNN", "Sign", "WeightShift", "FilterStats", "WEIGHT_BINARIZERS",
            "WEIGHT_SHIFTS", "register_weight_binarizer", "make_weight_binarizer", "weight_methods",
            "ActivationBinarizer", "BinActive", "ApproxSign", "ASD", "DABActive", "ACTIVATIONS",
            "register_activation_binarizer", "activation_class", "make_activation", "activation_methods",
-           "conv_layers", "parse_indices", "format_indices", "resolve_range", "resolve_layers", "weight_binarizer", "binarized_layers",
-           "binarize_layer", "binarize_weights", "project_latent_", "layer_stats", "filter_stats",
+           "conv_layers", "parse_indices", "format_indices", "resolve_range", "resolve_layers", "weight_binarizer",
+           "binarized_layers", "binarize_layer", "binarize_weights", "project_latent_", "layer_stats", "filter_stats",
            "input_binarizers", "binarize_inputs", "set_input_binarizer", "set_ede"]

@@ -4,7 +4,7 @@ Models put one of these between a conv's BatchNorm and the conv (the fbin/hybrid
 -> conv; SD-BNN and Bi-Real blocks binarize -> conv -> BN); ``binarize.binarize_inputs`` and
 ``binarize.set_input_binarizer`` swap them per conv. Each class holds its forward, its backward (a
 surrogate window, see surrogates.py) and its learnable parameters if any. ``packable`` says whether the
-output is ``sign(pre_sign(x))`` (values -1, 0, +1), which a packed XNOR/popcount conv can consume.
+output is ``sign(pre_sign(x))`` (values -1 and +1), which a packed XNOR/popcount conv can consume.
 
 * ``sign`` (:class:`BinActive`, the original's ``Active``): ``sign(x)``; backward ``g win(x)``, with the
   straight-through window ``[|x| <= 1]`` (or EDE's).
@@ -13,12 +13,14 @@ output is ``sign(pre_sign(x))`` (values -1, 0, +1), which a packed XNOR/popcount
   branch (global average pool -> Linear(C, C/r) -> ReLU -> Linear(C/r, C) -> sigmoid, no biases), so
   the sign threshold of each sample and channel moves to ``-s`` with ``s`` in (0, 1).
 * ``dab`` (:class:`DABActive`, the original's ``DualActive``): per sample, mean-centre over channels and
-  take a two-value code with the threshold at 0: entries above take the mean of those entries, the rest
-  the mean of the rest. Its statistics are computed in fp32 whatever the input's precision. Backward:
-  ``g win(x)`` (the original mixed its two branch terms; see README).
+  take a two-value code with the threshold at 0: entries at or above it take the mean of those entries,
+  the rest the mean of the rest. Its statistics are computed in fp32 whatever the input's precision.
+  Backward: ``g win(x)`` (the original mixed its two branch terms; see README).
 
-``torch.sign`` maps an input of exactly 0 to 0 for the sign-based activations, as the original's Active
-and SD-BNN's code do.
+sign(0) is +1 in every activation binarizer, as in every weight binarizer (weights.py): an input of
+exactly 0 (or -0.0) gives +1, a NaN gives -1, so the output is always two-valued. (``torch.sign``,
+which the original's Active and SD-BNN's code use, gives 0 there.) For ``dab`` the same rule puts a
+centred value of exactly 0 in the upper group.
 """
 
 import inspect
@@ -26,7 +28,7 @@ import inspect
 import torch
 from torch import nn
 
-from .functions import no_autocast
+from .functions import binary_sign, no_autocast
 from .registry import registrar
 from .surrogates import ApproxSignWindow, make_surrogate
 
@@ -40,13 +42,14 @@ register_activation_binarizer = registrar(ACTIVATIONS, "activation binarizer")
 
 
 class _SignWithWindow(torch.autograd.Function):
-    """``sign(x)`` forward; backward ``g * window(x)`` (closed window: |x| <= 1 passes under the STE)."""
+    """``sign(x)`` forward (+1 for x >= 0, -1 elsewhere); backward ``g * window(x)`` (closed window: |x| <= 1
+    passes under the STE)."""
 
     @staticmethod
     def forward(ctx, x, surrogate):
         ctx.save_for_backward(x)
         ctx.surrogate = surrogate
-        return torch.sign(x)
+        return binary_sign(x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -86,7 +89,8 @@ class ActivationBinarizer(nn.Module):
 
 @register_activation_binarizer
 class BinActive(ActivationBinarizer):
-    """Sign activation (the original's ``Active``): ``sign(x)``, gradient passed where |x| <= 1."""
+    """Sign activation (the original's ``Active``): ``sign(x)`` with sign(0) = +1, gradient passed where
+    |x| <= 1."""
 
     name = "sign"
 
@@ -158,7 +162,7 @@ class _DABActiveFn(torch.autograd.Function):
             wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
             centred = wide - wide.mean(dim=1, keepdim=True)
             flat = centred.reshape(centred.shape[0], -1)
-            upper = (flat > 0).to(wide.dtype)
+            upper = (flat >= 0).to(wide.dtype)
             k = upper.sum(dim=1)
             n = flat.shape[1]
             alpha = (flat * upper).sum(dim=1) / k.clamp_min(1)
@@ -176,8 +180,9 @@ class _DABActiveFn(torch.autograd.Function):
 class DABActive(ActivationBinarizer):
     """Activation DAB (the original's ``DualActive``): a per-sample two-value code with threshold 0.
 
-    Forward: ``x_c = x - mean_channels(x)``; entries with ``x_c > 0`` take the mean of those entries
-    (alpha_n), the others the mean of the non-positive ones (beta_n <= 0). Backward: ``g win(x)``.
+    Forward: ``x_c = x - mean_channels(x)``; entries with ``x_c >= 0`` take the mean of those entries
+    (alpha_n >= 0), the others the mean of the negative ones (beta_n < 0; 0 when there is none).
+    Backward: ``g win(x)``.
     """
 
     name = "dab"

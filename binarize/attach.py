@@ -21,8 +21,8 @@ from .activations import ActivationBinarizer, activation_class, make_activation
 from .surrogates import EDE
 from .weights import _LATENTS, WeightBinarizer, make_weight_binarizer
 
-__all__ = ["conv_layers", "parse_indices", "format_indices", "resolve_range", "resolve_layers", "weight_binarizer", "binarized_layers",
-           "binarize_layer", "binarize_weights", "project_latent_", "layer_stats", "filter_stats",
+__all__ = ["conv_layers", "parse_indices", "format_indices", "resolve_range", "resolve_layers", "weight_binarizer",
+           "binarized_layers", "binarize_layer", "binarize_weights", "project_latent_", "layer_stats", "filter_stats",
            "input_binarizers", "binarize_inputs", "set_input_binarizer", "set_ede"]
 
 BINARIZABLE = (nn.Conv2d, nn.Linear)

@@ -7,9 +7,11 @@ values are the group means, and the best e maximises
     D(K) = (sum of the K largest)^2 / K + (sum of the other n - K)^2 / (n - K)
 
 (the squared error is ||W||^2 - D). The optimum always splits the *sorted* values, so one sort plus
-prefix sums scores every split K = 1..n-1 at once. Conventions (shared/spec/dab.md): alpha is the
-mean of the upper group (the K largest values), beta of the lower one, so alpha >= beta; n == 1 gives
-alpha = beta = w and K = 1; a constant filter gives zero error.
+prefix sums scores every split K = 1..n-1 at once. The prefix sums are accumulated in fp64 for every
+input precision, so K is the optimum of D evaluated in fp64. Conventions, as in the paper: alpha is
+the mean of the upper group (the K largest values), beta of the lower one, and alpha >= beta always;
+n == 1 gives alpha = beta = w and K = 1; a constant filter gives alpha == beta == its value and zero
+error.
 
 The baselines use the same return convention ``(w_hat, alpha, beta, k)``:
   * ``xnor`` (BWN / XNOR-Net): ``a * sign(W)`` with ``a = mean(|W|)``; zeros map to ``+a`` so the code
@@ -26,11 +28,11 @@ import functools
 
 import torch
 
-__all__ = ["dab", "xnor", "bnn", "dab_with_mask", "exact", "no_autocast", "upper_mask"]
+__all__ = ["dab", "xnor", "bnn", "binary_sign", "dab_with_mask", "exact", "no_autocast", "upper_mask"]
 
 
 def _accumulate_dtype(dtype):
-    """Prefix sums of half-precision weights are formed in fp32 (fp64 stays fp64)."""
+    """The dtype of XNOR's mean of |W|: fp32 for half-precision and fp32 weights, fp64 for fp64 ones."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -61,9 +63,9 @@ def _dab_solve(weight, hint=None):
     """The DAB solve: ``(w_hat, alpha, beta, k, order, e)``, ``order`` the descending sort permutation of
     each filter and ``e`` its upper-group mask (bool, [C_out, n]).
 
-    One ``torch.sort`` per call for all filters of the layer; no Python loop over filters. After it, two
-    passes over the prefix sums choose K and one compare against each filter's K-th largest value gives
-    the mask, from which the code is written in one pass.
+    One ``torch.sort`` per call for all filters of the layer; no Python loop over filters. After it, the
+    fp64 prefix sums choose K (:func:`_best_split`), the group means follow (:func:`_group_means`) and
+    the code is written in place over the 0/1 upper-group indicator.
 
     ``hint``: a permutation that nearly sorts the rows (the previous step's ``order`` during training);
     the rows are sorted in that order, which takes about half the time of sorting them afresh. The
@@ -75,47 +77,75 @@ def _dab_solve(weight, hint=None):
         raise ValueError(f"dab expects a weight of shape [C_out, ...] with C_out >= 1 and at least one value "
                          f"per filter, got {tuple(weight.shape)}")
     rows = weight.reshape(weight.shape[0], -1)
-    c_out, n = rows.shape
-    acc = _accumulate_dtype(weight.dtype)
-    device = weight.device
-
-    if n == 1:  # a single value: alpha = beta = w, K = 1, exact
+    if rows.shape[1] == 1:  # a single value: alpha = beta = w, K = 1, exact
         values = rows[:, 0]
-        k = torch.ones(c_out, dtype=torch.long, device=device)
+        k = torch.ones(rows.shape[0], dtype=torch.long, device=weight.device)
         order = torch.zeros_like(rows, dtype=torch.long)
         return weight.clone(), values.clone(), values.clone(), k, order, torch.ones_like(rows, dtype=torch.bool)
 
-    if hint is not None and hint.shape == rows.shape and hint.device == rows.device:
-        sorted_vals, within = torch.sort(rows.gather(1, hint), dim=1, descending=True)
-        order = hint.gather(1, within)
-    else:
-        sorted_vals, order = torch.sort(rows, dim=1, descending=True)
-    prefix = torch.cumsum(sorted_vals, dim=1, dtype=acc)  # prefix[:, K-1] = sum of the K largest
-    total = prefix[:, -1]
-    upper = prefix[:, :-1]                                # K = 1 .. n-1
-    sizes = torch.arange(1, n, device=device, dtype=acc)
-    # D(K) = T^2/n + n c_K^2 / (K (n - K)) with c_K = u_K - K T/n (u_K the prefix sum, T the total).
-    # c_K >= 0 (the K largest values sum to at least K times the mean), so argmax D is the argmax of
-    # c_K / sqrt(K (n - K)): two passes over the prefix sums.
-    score = torch.addr(upper, total, sizes, alpha=-1.0 / n).mul_((sizes * (n - sizes)).rsqrt_())
-    best = score.max(dim=1, keepdim=True).indices        # first maximiser: ties resolve to the smallest K
+    sorted_vals, order = _sort_rows(rows, hint)
+    best, upper_sum, total = _best_split(sorted_vals)
     k = best.squeeze(1) + 1
-    upper_sum = upper.gather(1, best).squeeze(1)
-    alpha = upper_sum / k
-    beta = (total - upper_sum) / (n - k)
+    kth, below = sorted_vals.gather(1, best), sorted_vals.gather(1, best + 1)
+    alpha, beta = _group_means(sorted_vals, k, kth, below, upper_sum, total)
 
     gap, low = (alpha - beta).to(weight.dtype), beta.to(weight.dtype)
-    alpha = gap + low  # the value the code holds, bit for bit (the group mean up to two roundings)
+    alpha = gap + low  # the value the code holds, bit for bit (>= beta: gap >= 0 and rounding is monotone)
     # The upper group is every value >= the K-th largest unless that equals the (K+1)-th (equal values
     # straddling the split); then, and on GPUs (where checking would cost a host sync), the mask comes
-    # through the permutation. On the CPU one compare replaces a scatter.
-    kth = sorted_vals.gather(1, best)
-    if device.type == "cpu" and not bool((sorted_vals.gather(1, best + 1) == kth).any()):
-        mask = rows >= kth
+    # through the permutation. On the CPU one compare replaces a scatter; it writes 1.0 / 0.0 in the
+    # weight's dtype, which is about twice as fast there as a bool compare, and the bool mask follows.
+    if weight.device.type == "cpu" and not bool((below == kth).any()):
+        upper = torch.ge(rows, kth, out=torch.empty_like(rows))
+        mask = upper.bool()
     else:
         mask = upper_mask(order, k)
-    w_hat = torch.mul(mask, gap.unsqueeze(1)).add_(low.unsqueeze(1))  # beta + e (alpha - beta)
+        upper = mask.to(rows.dtype)
+    w_hat = upper.mul_(gap.unsqueeze(1)).add_(low.unsqueeze(1))  # beta + e (alpha - beta)
     return w_hat.reshape(weight.shape), alpha, low, k, order, mask
+
+
+def _sort_rows(rows, hint):
+    """``(sorted values, permutation)`` of each row in descending order, through ``hint`` when it fits."""
+    if hint is not None and hint.shape == rows.shape and hint.device == rows.device:
+        sorted_vals, within = torch.sort(rows.gather(1, hint), dim=1, descending=True)
+        return sorted_vals, hint.gather(1, within)
+    return torch.sort(rows, dim=1, descending=True)
+
+
+def _best_split(sorted_vals):
+    """The optimal split of each sorted row: ``(K - 1 as [C_out, 1], u_K, T)``, sums in fp64.
+
+    The prefix sums are accumulated in fp64 whatever the input precision (fp32 sums pick another K than
+    the fp64 optimum in about one filter in eight of a 3x3x512 layer: D is flat near its maximum).
+    D(K) = T^2/n + n c_K^2 / (K (n - K)) with c_K = u_K - K T/n (u_K the prefix sum, T the total);
+    c_K >= 0 (the K largest values sum to at least K times the mean), so argmax D is the argmax of
+    c_K / sqrt(K (n - K)): two passes over the prefix sums.
+    """
+    n = sorted_vals.shape[1]
+    prefix = torch.cumsum(sorted_vals, dim=1, dtype=torch.float64)  # prefix[:, K-1] = sum of the K largest
+    total = prefix[:, -1]
+    upper = prefix[:, :-1]                                           # K = 1 .. n-1
+    sizes = torch.arange(1, n, device=sorted_vals.device, dtype=torch.float64)
+    score = torch.addr(upper, total, sizes, alpha=-1.0 / n).mul_((sizes * (n - sizes)).rsqrt_())
+    best = score.max(dim=1, keepdim=True).indices                    # first maximiser: ties go to the smallest K
+    return best, upper.gather(1, best).squeeze(1), total
+
+
+def _group_means(sorted_vals, k, kth, below, upper_sum, total):
+    """fp64 ``(alpha, beta)``: the means of the K largest values and of the rest.
+
+    Each mean is clamped to its group's range (the K-th largest value and the maximum for alpha, the
+    minimum and the (K+1)-th largest for beta), which a mean cannot leave: so alpha >= beta always, and
+    a constant filter, whose prefix sums round in fp64, gets alpha == beta == its value exactly.
+    """
+    n = sorted_vals.shape[1]
+    wide = torch.float64
+    alpha = upper_sum / k
+    beta = (total - upper_sum) / (n - k)
+    alpha = torch.clamp(alpha, kth.squeeze(1).to(wide), sorted_vals[:, 0].to(wide))
+    beta = torch.clamp(beta, sorted_vals[:, -1].to(wide), below.squeeze(1).to(wide))
+    return alpha, beta
 
 
 def upper_mask(order, k):
@@ -140,10 +170,18 @@ def dab_with_mask(weight):
     return w_hat, alpha, beta, k, mask.reshape(weight.shape)
 
 
+def binary_sign(x):
+    """The sign binarization used throughout the engine, for weights and activations alike: +1 where
+    ``x >= 0`` (so an exact zero, of either sign, gives +1) and -1 elsewhere (a NaN gives -1), in ``x``'s
+    dtype. ``torch.sign`` would give a third value, 0, for a zero input. (The compare writes 1.0 / 0.0
+    straight into ``x``'s dtype: on the CPU a bool compare and a conversion take about four times as long.)"""
+    return torch.ge(x, 0, out=torch.empty_like(x)).mul_(2).sub_(1)
+
+
 def _sign_code(weight):
-    """(+1/-1 code, K): zeros go to +1 so the code stays two-valued."""
-    upper = weight >= 0
-    return 2 * upper.to(weight.dtype) - 1, upper.reshape(weight.shape[0], -1).sum(dim=1)
+    """(+1/-1 code, K): :func:`binary_sign`'s rule (zeros go to +1)."""
+    code = binary_sign(weight)
+    return code, code.reshape(weight.shape[0], -1).gt(0).sum(dim=1)
 
 
 @exact

@@ -13,8 +13,9 @@ optimizer step (a global optimizer step post-hook, below), so at rest the latent
 projected and every way of loading them gives the same model. Filters with one input channel are not
 centred (centring would zero them), and the gradient rules drop the ``(1 - 1/C_in)`` factor there.
 
-Methods (dab.md and sdbnn.md; ``c = 1 - 1/C_in`` where centred, else 1; ``win`` the surrogate window,
-``[|W| < 1]`` for the straight-through estimator):
+Methods (DAB: Prabhu et al., WACV 2018; SD-BNN: Xue et al., "Self-Distribution Binary Neural Networks";
+``c = 1 - 1/C_in`` where centred, else 1; ``win`` the surrogate window, ``[|W| < 1]`` for the
+straight-through estimator):
 
 * ``dab``: the exact optimal two-value code; gradient ``c (e (1/K + |alpha| win) + (1-e) (1/(n-K) + |beta| win))``.
 * ``xnor``: ``a sign(W)``, ``a = mean|W|``; gradient ``c (n a win + 1)`` (the original's updateBinaryGradWeight).
@@ -176,7 +177,7 @@ class DAB(WeightBinarizer):
     """Distribution-aware binarization (Prabhu et al., WACV 2018): the exact optimal two-value code per
     filter, ``alpha`` the mean of the K largest values and ``beta`` the mean of the rest.
 
-    Gradient (the original's updateDualGradWeight, dab.md):
+    Gradient (the original implementation's updateDualGradWeight):
     ``c (e (1/K + |alpha| win) + (1 - e) (1/(n - K) + |beta| win))``; alpha >= 0 whenever the filter is
     mean-centred, so |alpha| is the formula's alpha there.
     """
