@@ -39,12 +39,12 @@ def _weight_shape(module):
 def count_macs(model, inpsize, in_channels):
     """``{module name: MACs}`` for every conv and Linear, from a forward of a plain copy of ``model``.
 
-    The copy has its weight parametrizations removed, so the dummy forward neither solves any code nor
-    projects (mutates) the latent weights of ``model``.
+    The dummy forward runs on a deep copy, so whatever the binarizers solve or project stays in the copy.
+    The copy keeps its weight parametrizations: removing them would delete the ``weight`` property from
+    the parametrized class that the copy shares with ``model`` (torch.nn.utils.parametrize makes one class
+    per module, and a deep copy does not copy classes), breaking every later forward of ``model``.
     """
     plain = copy.deepcopy(model)
-    for _, _, conv, _ in binarize.binarized_layers(plain):
-        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
     macs, hooks = {}, {}
     for name, module in plain.named_modules():
         if isinstance(module, nn.Conv2d):
