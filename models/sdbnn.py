@@ -23,7 +23,7 @@ Linear layers, which are not numbered; the 1x1 downsampling convs stay full prec
   registers its binary conv, then its shortcut).
 
 Where we differ from SD-BNN's code:
-- a binarized activation of exactly 0 is 0, as ``torch.sign`` in their code (binarize/activations.py);
+- a binarized activation of exactly 0 is +1, as a weight of 0 is (``torch.sign`` in their code gives 0);
 - the models return log-probabilities (theirs return logits for cross-entropy: the same loss);
 - ResNet-20 pools globally; theirs ``avg_pool2d`` with the map's width as kernel, the same on square maps;
 - Bi-Real's downsampling AvgPool2d(2) uses ``ceil_mode``, so an odd map pools to the size the strided
