@@ -19,11 +19,16 @@ and raises RunError when a file it needs is unreadable: that figure is then left
 reason. Every figure is saved at 6 x 4 in and 100 dpi (600 x 400 px) on the Agg canvas, without pyplot,
 so nothing is ever displayed and the process's matplotlib backend is left alone.
 
+Readable at any number of runs: legends are LEGEND_FONT points, inside the axes up to LEGEND_INSIDE entries
+and beside them beyond; epoch axes have whole-epoch ticks; lines of few points carry markers, so a run of
+one epoch shows its points.
+
 The registered figures:
 
-* curves_val_top1, curves_train_loss: val top-1 (%) and train loss (NLL) over the epochs of every run,
-  on shared linear axes; a line per run, named in the legend when there are at most MAX_LEGEND runs; with
-  more, the runs of one seed group share a colour and a legend entry ("TU-Berlin sketchanetwbin dab (n=3)").
+* curves_val_top1, curves_train_loss: val top-1 (%) and train loss (NLL) over the epochs, one line per
+  configuration (analysis.runs.config_groups): the mean of its runs (one per seed, duplicates left out) with
+  a min-max band (an error bar where there is one epoch), named in the legend by dataset, model, binarizer
+  and the settings that tell it from the others ("digits sketchanetwbin dab [epochs=3] (n=3)").
 * alpha_beta: alpha (solid) and beta (dashed) of 4 filters of the run's middle DAB conv (the middle of
   the DAB layers in conv order), filter indices evenly spaced over the layer (first to last), per epoch.
 * k_over_training: K/n of the same filters per epoch, with the layer's mean K/n (black, dotted).
@@ -43,15 +48,21 @@ from typing import Callable
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-from analysis.runs import RunError, has_file, read_json, run_file, setting_of
+from analysis.runs import RunError, config_groups, has_file, read_json, run_file, settings_labels
 
-__all__ = ["FIGSIZE", "DPI", "MAX_LEGEND", "ReportFigure", "register_figure", "unregister_figure", "figures",
-           "new_figure", "new_canvas", "draw_figures"]
+__all__ = ["FIGSIZE", "DPI", "LEGEND_FONT", "LEGEND_INSIDE", "ReportFigure", "register_figure",
+           "unregister_figure", "figures", "new_figure", "new_canvas", "draw_figures"]
 
 FIGSIZE, DPI = (6.0, 4.0), 100
 FILTERS_SHOWN = 4
-MAX_LEGEND = 10  # runs named one by one in the curves' legend; more are named by seed group
+LEGEND_FONT = 7     # points, at any number of entries
+LEGEND_INSIDE = 4   # entries a legend holds inside the axes; more go beside them
+LEGEND_ROWS = 24    # entries per legend column beside the axes
+LABEL_CHARS = 44    # a legend label's length before it is cut with "…"
+MARKED_POINTS = 30  # lines of at most this many points carry markers
 
 
 @dataclass(frozen=True)
@@ -167,51 +178,99 @@ def draw_figures(runs, out_dir):
     return written, skipped
 
 
-def _legend(ax, count):
-    ax.legend(fontsize=7 if count <= 8 else 5, ncol=1 if count <= 8 else 2, loc="best")
+def _legend(ax, count, title=None, handles=None):
+    """A legend of ``count`` entries in LEGEND_FONT points: inside the axes (where it covers least) up to
+    LEGEND_INSIDE entries, else beside them on the right (the axes narrow to make room), in columns of at
+    most LEGEND_ROWS entries. ``handles``: the entries, where they are not the labelled artists."""
+    style = dict(fontsize=LEGEND_FONT, title=title, title_fontsize=LEGEND_FONT)
+    if handles is not None:
+        style["handles"] = handles
+    if count <= LEGEND_INSIDE:
+        return ax.legend(loc="best", **style)
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                     ncol=1 + (count - 1) // LEGEND_ROWS, **style)
+
+
+def _epoch_axis(ax, epochs):
+    """Whole epochs on the x axis (no 1.2, 1.4 ticks), with half an epoch of margin where there are few."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if epochs:
+        low, high = min(epochs), max(epochs)
+        pad = max(0.5, 0.04 * (high - low))
+        ax.set_xlim(low - pad, high + pad)
+
+
+def _marker(count):
+    """A marker where a line has few points (a single point without one draws nothing)."""
+    return "o" if count <= MARKED_POINTS else None
+
+
+def _short(text, limit=LABEL_CHARS):
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 # ------------------------------------------------------------------------------------------------ curves
 
-def _group_label(run):
-    """A short name for the runs that differ only in their seed (the legend entry of many runs)."""
+def _points(run, key):
+    return [(row["epoch"], row[key]) for row in run["metrics"] if not math.isnan(row.get(key, math.nan))]
+
+
+def _group_name(run):
+    """What a configuration is at a glance: dataset, model, binarizer, activation."""
     parts = [run["dataset_label"], run["model"]]
     parts += [] if run["binarizer"] == "-" else [run["binarizer"]]
     parts += [] if run["activation"] in ("-", "sign") else [run["activation"]]
     return " ".join(parts)
 
 
-def _points(run, key):
-    return [(row["epoch"], row[key]) for row in run["metrics"] if not math.isnan(row.get(key, math.nan))]
+def _summary(members, key):
+    """``(epochs, mean, low, high)`` of ``key`` over the runs ``members``, per epoch any of them logged."""
+    by_epoch = {}
+    for run in members:
+        for epoch, value in _points(run, key):
+            by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    return (epochs, [float(np.mean(by_epoch[e])) for e in epochs], [min(by_epoch[e]) for e in epochs],
+            [max(by_epoch[e]) for e in epochs])
+
+
+def _draw_group(ax, members, key, style, label):
+    """The mean of one configuration's runs as a line, their min-max as a band (an error bar at one epoch);
+    ``style``: (colour, line style)."""
+    colour, line = style
+    x, mean, low, high = _summary(members, key)
+    ax.plot(x, mean, line, marker=_marker(len(x)), markersize=4, linewidth=1.4, color=colour, label=label)
+    if len(members) > 1 and len(x) > 1:
+        ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+    elif len(members) > 1:
+        ax.errorbar(x, mean, yerr=[[m - lo for m, lo in zip(mean, low)], [hi - m for m, hi in zip(mean, high)]],
+                    fmt="none", ecolor=colour, capsize=4, linewidth=1.2)
 
 
 def _curves(runs, key, title, ylabel):
-    """One line per run of ``key`` (a metrics.csv column) over epochs; runs without it are left out.
-
-    Up to MAX_LEGEND runs: a colour and legend entry per run. More: one colour and one legend entry per
-    seed group (dataset, model, binarizer, activation, bin layers, epochs), so the legend stays readable.
-    """
+    """One line per configuration of ``key`` (a metrics.csv column) over epochs: the mean of its runs (one per
+    seed; duplicates left out) with their min-max band; runs without the column are left out. The legend
+    names each configuration by dataset, model, binarizer (in its title where all share them) and the
+    settings that tell it from the others."""
     fig, ax = new_figure(title, "epoch", ylabel)
-    shown = [run for run in runs if _points(run, key)]
-    by_group = len(shown) > MAX_LEGEND
-    groups = {}
-    for run in shown:
-        groups.setdefault((_group_label(run), setting_of(run), run["weights"]) if by_group else id(run), []).append(run)
-    labelled = set()
-    for i, members in enumerate(groups.values()):
-        style = ("-", "--", ":", "-.")[(i // 10) % 4]  # the 10 colours of the cycle, then a new line style
-        for run in members:
-            x, y = zip(*_points(run, key))
-            if by_group:
-                label = f"{_group_label(run)} (n={len(members)})"
-                label = f"{label} [{run['bin_layers']}, {run['epochs']} ep]" if label in labelled else label
-            else:
-                label = run["out_name"] + ("" if run["finished"] else " (unfinished)")
-            ax.plot(x, y, style, marker="o" if len(x) < 12 else None, markersize=3, linewidth=1.2,
-                    color=f"C{i % 10}", label=label if run is members[0] else None)
-            labelled.add(label)
-    if shown:
-        _legend(ax, len(groups))
+    groups = [g for g in config_groups(runs) if any(_points(run, key) for run in g["runs"])]
+    labels = settings_labels(groups, kind=lambda g: _group_name(g["runs"][0]))
+    names = {_group_name(g["runs"][0]) for g in groups}
+    legend_title = "line: mean over seeds; band: min–max"
+    if len(names) == 1:
+        legend_title = f"{_short(names.pop())}\n{legend_title}"
+    epochs = set()
+    for i, group in enumerate(groups):
+        members = [run for run in group["runs"] if _points(run, key)]
+        epochs |= {epoch for run in members for epoch, _ in _points(run, key)}
+        label = ", ".join(part for part in ("" if "\n" in legend_title else _group_name(members[0]),
+                                            labels[group["config_id"]]) if part)
+        label = _short(label or "mean") + f" (n={len(members)})"
+        label += "" if all(run["finished"] for run in members) else " unfinished"
+        _draw_group(ax, members, key, (f"C{i % 10}", ("-", "--", ":", "-.")[(i // 10) % 4]), label)
+    _epoch_axis(ax, epochs)
+    if groups:
+        _legend(ax, len(groups), title=legend_title)
     else:
         ax.text(0.5, 0.5, f"no run logged {key}", ha="center", va="center", transform=ax.transAxes)
     return fig
@@ -219,13 +278,13 @@ def _curves(runs, key, title, ylabel):
 
 @register_figure("curves_val_top1", reads=("metrics.csv",), per_run=False)
 def curves_val_top1(runs):
-    """Val top-1 (%) of every run over its epochs."""
+    """Val top-1 (%) of every configuration over its epochs."""
     return _curves(runs, "val_top1", "Validation top-1 accuracy", "val top-1 (%)")
 
 
 @register_figure("curves_train_loss", reads=("metrics.csv",), per_run=False)
 def curves_train_loss(runs):
-    """Train loss (NLL) of every run over its epochs."""
+    """Train loss (NLL) of every configuration over its epochs."""
     return _curves(runs, "train_loss", "Training loss", "train loss (NLL, nats)")
 
 
@@ -285,19 +344,24 @@ def _middle_layer(run):
 
 @register_figure("alpha_beta", reads=("filters/",))
 def alpha_beta(run):
-    """alpha (solid) and beta (dashed) of 4 filters of the middle DAB conv, per epoch."""
+    """alpha (solid, circles) and beta (dashed, squares) of 4 filters of the middle DAB conv, per epoch."""
     mid = _middle_layer(run)
     if mid is None:
         return None
-    tag = mid["tag"]
+    tag, x = mid["tag"], mid["epochs"]
     fig, ax = new_figure(f"{run['out_name']}: DAB code of {tag} ({mid['layer'].get('name', tag)})", "epoch",
                          "value (weight units)")
+    _epoch_axis(ax, x)
+    marker = _marker(len(x))
     for i, f in enumerate(mid["filters"]):
-        ax.plot(mid["epochs"], [s[f"{tag}_alpha"][f] for s in mid["series"]], "-", color=f"C{i}",
-                label=f"filter {f} alpha")
-        ax.plot(mid["epochs"], [s[f"{tag}_beta"][f] for s in mid["series"]], "--", color=f"C{i}",
-                label=f"filter {f} beta")
-    _legend(ax, 2 * len(mid["filters"]))
+        ax.plot(x, [s[f"{tag}_alpha"][f] for s in mid["series"]], "-", marker=marker and "o", markersize=4,
+                color=f"C{i}", label=f"filter {f}")
+        ax.plot(x, [s[f"{tag}_beta"][f] for s in mid["series"]], "--", marker=marker and "s", markersize=4,
+                color=f"C{i}")
+    handles = ax.get_legend_handles_labels()[0]
+    handles += [Line2D([], [], color="0.3", linestyle="-", marker=marker and "o", markersize=4, label="alpha"),
+                Line2D([], [], color="0.3", linestyle="--", marker=marker and "s", markersize=4, label="beta")]
+    _legend(ax, len(handles), handles=handles)
     return fig
 
 
@@ -310,9 +374,13 @@ def k_over_training(run):
     tag, n, x = mid["tag"], mid["n"], mid["epochs"]
     fig, ax = new_figure(f"{run['out_name']}: K/n of {tag} filters over training", "epoch",
                          "K/n (fraction of weights at alpha)")
+    _epoch_axis(ax, x)
+    marker = _marker(len(x))
     for i, f in enumerate(mid["filters"]):
-        ax.plot(x, [s[f"{tag}_k"][f] / n for s in mid["series"]], "-", color=f"C{i}", label=f"filter {f}")
-    ax.plot(x, [float(np.mean(s[f"{tag}_k"])) / n for s in mid["series"]], ":", color="black", label=f"{tag} mean")
+        ax.plot(x, [s[f"{tag}_k"][f] / n for s in mid["series"]], "-", marker=marker, markersize=4, color=f"C{i}",
+                label=f"filter {f}")
+    ax.plot(x, [float(np.mean(s[f"{tag}_k"])) / n for s in mid["series"]], ":", marker=marker and "D",
+            markersize=4, color="black", label=f"{tag} mean")
     ax.set_ylim(0, 1.02)
     _legend(ax, len(mid["filters"]) + 1)
     return fig
@@ -333,7 +401,7 @@ def k_across_layers(run):
     ax.set_xticks(range(1, len(layers) + 1), [item["tag"] for item in layers],
                   rotation=90 if len(layers) > 8 else 0, fontsize=7 if len(layers) > 8 else 9)
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=LEGEND_FONT, loc="best")
     return fig
 
 
@@ -364,6 +432,6 @@ def binarization_rmse(run):
         ax.set_xticks(range(len(rows)), labels, rotation=90 if len(rows) > 8 else 0, fontsize=7)
         ax.set_xlabel("layer")
         ax.set_ylabel(unit, fontsize=8)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=LEGEND_FONT, loc="best")
         ax.grid(True, axis="y", alpha=0.3)
     return fig

@@ -11,20 +11,31 @@ best and final accuracies taken from ``metrics.csv``. A finished run's best and 
 ``final.json`` values, unchanged. What each run was (family, variant, weights kind, binarizer) comes
 from its args.json and the model registry (see analysis.runs).
 
+Runs are grouped by configuration (analysis.runs.configuration: everything in args.json but the seed and
+the options that cannot change results, listed in analysis.runs.NOT_CONFIGURATION): only runs that differ in
+their seed alone are pooled; a run repeating a seed of its configuration is a duplicate, flagged, never
+counted.
+
 Files written under OUT_DIR:
 
 * ``results.csv``: one row per run (name, folder, dataset, model, family, weights, binarizer, bin layers,
   activation, seed, epochs asked and done, finished, best and final val top-1 and top-5, mean training
-  seconds per epoch, val images). Floats at full precision (Python's shortest round-trip form, as
-  ``json`` writes them), so a finished run's numbers are exactly its ``final.json`` values.
+  seconds per epoch, val images, its configuration's id, and the run it duplicates). Floats at full
+  precision (Python's shortest round-trip form, as ``json`` writes them), so a finished run's numbers are
+  exactly its ``final.json`` values.
 * ``results_table.csv``: the paper-style table (see analysis.tables) in machine-readable form: one row per
-  (metric, method, model[, settings]) with ``<dataset>_mean``, ``_std``, ``_n`` and ``_unfinished`` columns
-  per dataset; the rows of the ``--metric`` come first, then the same rows for the other metric.
-  Improvement rows (method "WBin: XNOR-Net vs DAB-Net", ...) hold DAB-Net minus XNOR-Net in their
-  ``_mean`` columns.
-* ``results.md``: the paper-style table of the ``--metric`` (default: final val top-1), the same table
-  for the other metric, the per-run table (2 decimals), the skipped runs with their reasons and links
-  to the figures.
+  (metric, method, model, settings) with ``<dataset>_mean``, ``_std``, ``_n``, ``_duplicates``,
+  ``_unfinished``, ``_low``, ``_high`` and ``_verdict`` columns per dataset; the rows of the ``--metric``
+  come first, then the same rows for the other metric. Improvement rows (method "WBin: XNOR-Net vs
+  DAB-Net", ...) hold DAB-Net minus XNOR-Net paired by seed: the mean difference, its sd, the pairs, the
+  95% interval and the verdict.
+* ``comparisons.csv``: every pair of configurations that differ in one part only (weight binarizer,
+  activation binarizer, backward rule, weight shift, binarized layers), A - B paired by seed for final and
+  best top-1: mean, sd, 95% interval (t from 5 pairs, else bootstrap; the t interval always), verdict, the
+  seeds paired and the seeds only one side ran (see analysis.stats).
+* ``results.md``: the paper-style table of the ``--metric`` (default: final val top-1) with a Settings
+  column, the same table for the other metric, the paired comparisons, the configurations, the per-run
+  table (2 decimals), the skipped runs with their reasons and links to the figures.
 * the registered figures (see analysis.figures): ``curves_val_top1.png`` and ``curves_train_loss.png``
   over all runs; ``<run>/alpha_beta.png``, ``<run>/k_over_training.png``, ``<run>/k_across_layers.png``
   for each run with DAB per-filter statistics (``filters/``), ``<run>/binarization_rmse.png`` for each run
@@ -37,9 +48,9 @@ import os
 import re
 import sys
 
-from analysis import tables
+from analysis import stats, tables
 from analysis.figures import draw_figures
-from analysis.runs import RunError, find_runs, read_run
+from analysis.runs import RunError, config_groups, find_runs, read_run
 
 __all__ = ["ReportError", "report", "main"]
 
@@ -59,7 +70,8 @@ def _out_names(runs):
 
 def read_runs(run_dirs):
     """``(runs, skipped)``: the readable runs in or under ``run_dirs`` in table order, each with its
-    ``out_name``, and ``[{"path", "reason"}]`` for what was not read. ReportError when no RUN_DIR exists
+    ``out_name`` and ``duplicate_of`` (the ``out_name`` of the run of its configuration and seed that counts,
+    or None), and ``[{"path", "reason"}]`` for what was not read. ReportError when no RUN_DIR exists
     or no run is readable."""
     run_dirs = [os.fspath(d) for d in run_dirs]
     if not any(os.path.exists(d) for d in run_dirs):
@@ -76,6 +88,11 @@ def read_runs(run_dirs):
         raise ReportError(f"no readable run in {', '.join(run_dirs)} ({reasons})")
     runs.sort(key=tables.run_order)
     _out_names(runs)
+    for run in runs:
+        run["duplicate_of"] = None
+    for group in config_groups(runs):
+        for duplicate, kept in group["duplicates"]:
+            duplicate["duplicate_of"] = kept["out_name"]
     return runs, skipped
 
 
@@ -83,7 +100,8 @@ def report(run_dirs, out_dir, metric="final"):
     """Read every run in or under ``run_dirs`` and write the tables and figures to ``out_dir``.
 
     Returns ``{"written": [paths], "runs": [run records], "skipped": [{"path", "reason"}], "tables": [the
-    --metric table, the other metric's]}`` (see analysis.tables.build_table); a run whose figures could
+    --metric table, the other metric's], "comparisons": [records]}`` (see analysis.tables.build_table and
+    comparison_records); a run whose figures could
     not be drawn stays in the tables and is listed in skipped too ("alpha_beta.png skipped ...").
     ReportError when no RUN_DIR exists, no run is readable or ``out_dir`` cannot be made.
     """
@@ -98,12 +116,17 @@ def report(run_dirs, out_dir, metric="final"):
     figures, not_drawn = draw_figures(runs, out_dir)
     skipped += not_drawn
     other = "best" if metric == "final" else "final"
-    results = [tables.build_table(runs, metric), tables.build_table(runs, other)]
-    paths = {name: os.path.join(out_dir, name) for name in ("results.csv", "results_table.csv", "results.md")}
+    groups = config_groups(runs)
+    results = [tables.build_table(runs, metric, groups), tables.build_table(runs, other, groups)]
+    compared = tables.comparison_records(stats.comparisons(groups), groups)
+    names = ("results.csv", "results_table.csv", "comparisons.csv", "results.md")
+    paths = {name: os.path.join(out_dir, name) for name in names}
     tables.write_results_csv(runs, paths["results.csv"])
     tables.write_table_csv(results, paths["results_table.csv"])
-    tables.write_markdown(runs, results, skipped, figures, out_dir, paths["results.md"])
-    return {"written": list(paths.values()) + figures, "runs": runs, "skipped": skipped, "tables": results}
+    tables.write_comparisons_csv(compared, paths["comparisons.csv"])
+    tables.write_markdown(runs, results, skipped, figures, out_dir, paths["results.md"], compared, groups)
+    return {"written": list(paths.values()) + figures, "runs": runs, "skipped": skipped, "tables": results,
+            "comparisons": compared}
 
 
 class _Parser(argparse.ArgumentParser):

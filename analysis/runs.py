@@ -18,9 +18,15 @@ Weights kind of a run: ``fp`` (no binarized weight, no binarized input); ``wbin`
 inputs); ``fbin`` (every binarized conv also has a binarized input); ``hybrid`` (only some of them do: the
 model's own choice in a hybrid variant, or a ``--binInputs`` that misses some ``--binLayers``); ``abin``
 (real weights, binarized inputs).
+
+A run's configuration (:func:`configuration`) is its args.json (options and facts) less its seed and less
+what cannot change its results (NOT_CONFIGURATION, the one list of them, each with its reason). Runs of equal
+configurations form a group (:func:`config_groups`) whose runs differ only in their seed; two runs of one group
+with the same seed are duplicates: the first (in the order given) counts, the others are flagged.
 """
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -28,7 +34,9 @@ import os
 import models
 
 __all__ = ["RunError", "RUN_KEYS", "DATASET_NAMES", "FAMILY_NAMES", "find_runs", "read_json", "read_metrics",
-           "run_facts", "weights_kind", "compact_layers", "read_run", "run_file", "has_file", "setting_of"]
+           "run_facts", "weights_kind", "compact_layers", "read_run", "run_file", "has_file", "NOT_CONFIGURATION",
+           "INERT_OPTIONS", "DATA_KEYS", "configuration", "config_groups", "settings_of", "settings_labels",
+           "value_text"]
 
 DATASET_NAMES = {"tuberlin": "TU-Berlin", "sketchyrecognition": "Sketchy", "digits": "digits",
                  "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet12": "ImageNet"}
@@ -43,7 +51,7 @@ WEIGHTS_NAMES = {"wbin": "WBin", "fbin": "FBin", "hybrid": "Hybrid", "abin": "AB
 RUN_KEYS = ("run", "folder", "dataset", "dataset_label", "model", "model_label", "family", "family_label",
             "variant", "weights", "weights_label", "binarizer", "bin_layers", "activation", "seed", "epochs",
             "epochs_done", "finished", "best_top1", "final_top1", "best_top5", "final_top5", "sec_per_epoch",
-            "val_images", "metrics")
+            "val_images", "metrics", "config", "config_id")
 
 
 class RunError(ValueError):
@@ -325,6 +333,8 @@ def read_run(folder):
     run.update(describe(args))
     run.update(seed=args.get("manualSeed"), epochs=args.get("epochs"))
     run.update(_outcome(rows, final))
+    run["config"] = configuration(args, run["weights"])
+    run["config_id"] = _config_id(run["config"])
     return run
 
 
@@ -341,7 +351,155 @@ def has_file(run, name):
     return os.path.isfile(path)
 
 
-def setting_of(run):
-    """What, besides the seed, tells apart two runs of one method, family and dataset: runs that share
-    their method, family, dataset and setting form one seed group."""
-    return (run["model"], run["bin_layers"], run["epochs"])
+# -------------------------------------------------------------------------------------- configurations
+
+# What in args.json is not part of a run's configuration, and why: where a run wrote, how fast it went,
+# what it measured on the side, and aliases of options recorded in their resolved form. Keys under "facts"
+# are named "facts.<key>". Everything else in args.json is the configuration: two runs that differ in any
+# of it are never pooled.
+NOT_CONFIGURATION = {
+    "manualSeed": "the seed: the runs of one configuration differ in it",
+    "name": "where the run logs", "logdir": "where the run logs", "store": "where the checkpoints go",
+    "resume": "where a run continued from (a resumed run is the same run)",
+    "start_epoch": "where a resumed run continued from", "overwrite": "whether an older run was replaced",
+    "evaluate": "an evaluation-only command", "testOnly": "alias of evaluate",
+    "summary": "a tool command (prints the model and exits)", "export": "a tool command (writes an export)",
+    "packed": "runs an export (evaluation only)",
+    "workers": "data-loading processes", "device": "where it ran", "cuda": "alias of device",
+    "ngpus": "replaced by torchrun; facts.world_size counts the processes",
+    "printfreq": "progress lines", "verbose": "progress lines", "tensorboard": "event files",
+    "saveEvery": "how often a checkpoint is written", "testbatchsize": "evaluation batch (eval mode: same outputs)",
+    "cachemode": "decoded-image cache of the same pixels", "cacheDir": "where that cache lies",
+    "channelsLast": "memory layout", "calculateBinarizationLosses": "a measurement after training",
+    "calculateWeightBinarizationLosses": "a measurement after training",
+    "lr": "alias of maxlr (resolved into it)", "bnnModel": "alias of --binarizer bnn (resolved into it)",
+    "binStart": "resolved into binLayers", "binEnd": "resolved into binLayers",
+    "data_dir": "where the data lies: facts.data_fingerprint names the data (data_dir counts where it is not logged)",
+    "facts.code_version": "the code's git version (a recipe stays one across commits)",
+    "facts.label": "display name", "facts.model_def": "same as model_def", "facts.dataset": "same as dataset",
+    "facts.inpsize": "same as inpsize",
+}
+# Options that a kind of run records but never uses (its weights or inputs are not binarized): left out of
+# the configuration of such runs, so that e.g. two full-precision runs are not told apart by --binarizer.
+_WEIGHT_OPTIONS = ("binarizer", "weightShift", "binLayers", "facts.weight_binarizer", "facts.weight_shift")
+_INPUT_OPTIONS = ("binActivation", "facts.activation_binarizer")
+_BACKWARD_OPTIONS = ("backward", "edeTmin", "edeTmax", "facts.backward")
+INERT_OPTIONS = {"fp": _WEIGHT_OPTIONS + _INPUT_OPTIONS + _BACKWARD_OPTIONS, "abin": _WEIGHT_OPTIONS,
+                 "wbin": _INPUT_OPTIONS, "fbin": (), "hybrid": ()}
+# The keys of a configuration that name its data (the table's columns), not its recipe.
+DATA_KEYS = ("dataset", "data_dir", "nClasses", "facts.data_fingerprint", "facts.num_classes", "facts.in_channels")
+
+
+def configuration(args, weights=None):
+    """A run's configuration from its args dict: ``{option or "facts.<key>": value}`` (see NOT_CONFIGURATION
+    and INERT_OPTIONS); ``weights``: its :func:`weights_kind` (computed when not given)."""
+    weights = weights_kind(args) if weights is None else weights
+    facts = args.get("facts") if isinstance(args.get("facts"), dict) else {}
+    config = {key: value for key, value in args.items() if key != "facts"}
+    config.update({f"facts.{key}": value for key, value in facts.items()})
+    config["dataset"] = DATASET_ALIASES.get(args.get("dataset"), args.get("dataset"))  # one dataset, one name
+    if facts.get("data_fingerprint") is None:  # nothing names the data but its folder
+        config["data_dir"] = args.get("data_dir")
+        ignored = set(NOT_CONFIGURATION) - {"data_dir"}
+    else:
+        ignored = set(NOT_CONFIGURATION)
+    ignored |= set(INERT_OPTIONS.get(weights, ()))
+    return {key: value for key, value in sorted(config.items()) if key not in ignored}
+
+
+def _config_id(config):
+    """8 hex digits naming a configuration (equal configurations, equal ids)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def config_groups(runs):
+    """The runs grouped by configuration, in the order of their first run: ``[{"config_id", "config", "runs":
+    [one run per seed, the first of each], "duplicates": [(run, the run of its seed that counts)]}]``."""
+    groups = {}
+    for run in runs:
+        group = groups.setdefault(run["config_id"], {"config_id": run["config_id"], "config": run["config"],
+                                                     "runs": [], "duplicates": [], "_seeds": {}})
+        kept = group["_seeds"].get(_seed_key(run["seed"]))
+        if kept is None:
+            group["_seeds"][_seed_key(run["seed"])] = run
+            group["runs"].append(run)
+        else:
+            group["duplicates"].append((run, kept))
+    for group in groups.values():
+        del group["_seeds"]
+    return list(groups.values())
+
+
+def _seed_key(seed):
+    return json.dumps(seed, sort_keys=True, default=str)
+
+
+# display names of the configuration keys the method and model columns show already
+_METHOD_KEYS = {"model_def", "binaryWeight", "binarizer", "weightShift", "binActivation", "backward", "binInputs",
+                "family", "variant", "weights_binarized", "binarized_linears", "weight_binarizer", "weight_shift",
+                "inputs_binarized", "binarized_input_convs", "activation_binarizer"}
+
+
+def value_text(value):
+    """A configuration value as short text: [2, 3, 4] -> "2-4", None -> "none", True -> "yes"."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, list) and value and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        return compact_layers(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def settings_of(group):
+    """``{name: text}``: a group's configuration as the settings a reader compares: options by their name,
+    facts by theirs where no option has it, binarized layers as "bin layers" (absent for real weights);
+    the data keys (DATA_KEYS) are left out."""
+    config, run = group["config"], group["runs"][0]
+    shown = {}
+    for key in sorted(config, key=lambda k: (k.startswith("facts."), k)):  # options first, then facts
+        name = key[len("facts."):] if key.startswith("facts.") else key
+        if key in DATA_KEYS or key in ("binLayers", "facts.binarized_convs") or name in shown:
+            continue
+        shown[name] = value_text(config[key])
+    if run["bin_layers"] != "-":
+        shown["bin layers"] = run["bin_layers"]
+    return shown
+
+
+_WHERE_PRESENT = {"bin layers"}  # absent where the method has none: compared and named only where present
+
+
+def _varying(settings, method_too):
+    """The names whose text differs between the ``settings`` dicts (absent counts as a value, except for
+    the names of _WHERE_PRESENT)."""
+    names = {name for shown in settings for name in shown}
+    if not method_too:
+        names -= _METHOD_KEYS
+    return {name for name in names
+            if len({shown.get(name, "–") for shown in settings if name in shown or name not in _WHERE_PRESENT}) > 1}
+
+
+def settings_labels(groups, kind=None):
+    """``{config_id: label}``: for each group the settings in which groups differ, as "epochs=1, inpsize=8".
+
+    A setting is named when it differs between any two groups, the method's own settings excepted (the
+    method and model say them); with ``kind`` (a function of a group, e.g. its method and model family),
+    also when it differs between two groups of one kind, the method's settings included. A setting a group
+    lacks reads "–"."""
+    settings = {group["config_id"]: settings_of(group) for group in groups}
+    everywhere = _varying(list(settings.values()), method_too=False)
+    by_kind = {}
+    for group in groups if kind is not None else ():
+        by_kind.setdefault(kind(group), []).append(settings[group["config_id"]])
+    local = {key: _varying(members, method_too=True) for key, members in by_kind.items()}
+    labels = {}
+    for group in groups:
+        shown = settings[group["config_id"]]
+        named = everywhere | (local[kind(group)] if kind is not None else set())
+        names = [name for name in sorted(named) if name in shown or name not in _WHERE_PRESENT]
+        labels[group["config_id"]] = ", ".join(f"{name}={shown.get(name, '–')}" for name in names)
+    return labels

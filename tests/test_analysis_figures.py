@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from analysis import figures, report as rp
 from analysis.runs import RunError, read_json, run_file
-from test_analysis_report import MAX_LEGEND_RUNS, assert_png, make_run_tree, write_run
+from test_analysis_report import assert_png, make_run_tree, write_run
 
 REGISTERED = [figure.name for figure in figures.figures()]
 
@@ -155,19 +155,129 @@ def test_register_refuses_a_second_figure_of_a_name_or_output():
     assert [f.name for f in figures.figures()] == REGISTERED
 
 
-def test_many_runs_share_a_legend_entry_per_seed_group(tmp_path):
+# ------------------------------------------------------------------------------- readable at any run count
+
+def _tree(root, kind):
+    """Run folders of one of three shapes: "one_epoch" (3 DAB runs, 1 epoch each), "one_run" (a single DAB run
+    of 2 epochs) and "twelve" (12 runs: 4 configurations x 3 seeds, 3 epochs); all log every file."""
+    if kind == "one_epoch":
+        for seed in range(3):
+            write_run(root, f"e{seed}", seed=seed, val=(30.0 + seed,), epochs=1, losses=True)
+    elif kind == "one_run":
+        write_run(root, "solo", losses=True)
+    else:
+        for i in range(12):
+            write_run(root, f"r{i:02d}", seed=i // 4, val=(10.0 + i, 20.0 + i, 25.0 + i), epochs=3, losses=True,
+                      binarizer=("dab", "xnor")[i % 2], extra={"maxlr": 1e-3 * (1 + i % 4 // 2)})
+    return rp.read_runs([root])[0]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shapes")
+    return {kind: _tree(tmp / kind, kind) for kind in ("one_epoch", "one_run", "twelve")}
+
+
+def _render(fig):
+    """The RGB pixels of ``fig`` as the report saves it (600 x 400)."""
+    fig.set_size_inches(*figures.FIGSIZE)
+    fig.tight_layout()
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def data_pixels(fig):
+    """How many pixels inside the axes the data (lines, markers, bands, bars, boxes; not the legend) paint:
+    the figure is rendered with and without them."""
+    drawn = _render(fig)
+    for ax in fig.axes:
+        for artist in (*ax.lines, *ax.collections, *ax.patches):
+            artist.set_visible(False)
+    bare = _render(fig)
+    count, height = 0, drawn.shape[0]
+    for ax in fig.axes:
+        box = ax.get_window_extent()
+        rows = slice(max(0, int(height - box.y1)), int(height - box.y0))
+        cols = slice(max(0, int(box.x0)), int(box.x1))
+        count += int(np.any(drawn[rows, cols] != bare[rows, cols], axis=-1).sum())
+    return count
+
+
+@pytest.mark.parametrize("kind", ["one_epoch", "one_run", "twelve"])
+@pytest.mark.parametrize("name", REGISTERED)
+def test_every_figure_draws_visible_data(shapes, name, kind):
+    """From 1-epoch runs, a single run and 12 runs, each registered figure paints its data (a single point
+    drawn as a line without a marker paints nothing)."""
+    figure = {f.name: f for f in figures.figures()}[name]
+    runs = [run for run in shapes[kind] if figure.wants(run)]
+    assert runs, f"the {kind} runs log nothing {name} reads"
+    dab = [run for run in runs if run["binarizer"] == "dab"]  # the filter figures draw DAB layers only
+    subjects = [runs] if not figure.per_run else [dab[0], dab[-1]]
+    for subject in subjects:
+        fig = figure.draw(subject)
+        assert fig is not None
+        assert data_pixels(fig) > 40, (name, kind)
+
+
+def _legend_fits(fig):
+    """The legend's font is LEGEND_FONT or more, it lies inside the figure, and it covers no axes."""
+    fig.set_size_inches(*figures.FIGSIZE)
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    box, page, axes = legend.get_window_extent(renderer), fig.bbox, ax.get_window_extent(renderer)
+    assert all(text.get_fontsize() >= figures.LEGEND_FONT for text in legend.get_texts())
+    assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1 and page.y0 - 1 <= box.y0 and box.y1 <= page.y1 + 1
+    return not box.overlaps(axes)
+
+
+def test_curves_of_many_configurations_keep_a_readable_legend(tmp_path):
     logs = tmp_path / "logs"
-    n = MAX_LEGEND_RUNS + 2
+    for i in range(12):
+        write_run(logs, f"lr{i}", filters=False, val=(10.0 + i, 20.0 + i), extra={"maxlr": 1e-3 * (i + 1)})
+    runs, _ = rp.read_runs([logs])
+    curves = {f.name: f for f in figures.figures()}["curves_val_top1"]
+    fig = curves.draw(runs)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(labels) == len(set(labels)) == 12  # one entry per configuration, each telling it apart
+    assert "maxlr=0.005 (n=1)" in labels
+    assert fig.axes[0].get_legend().get_title().get_text().startswith("digits sketchanetwbin dab")
+    assert _legend_fits(fig)  # beside the axes, not over the curves
+    assert data_pixels(fig) > 40
+
+
+def test_seeds_of_one_configuration_are_a_mean_with_a_band(tmp_path):
+    logs = tmp_path / "logs"
+    n = 12
     for seed in range(n):
         write_run(logs, f"s{seed}", seed=seed, filters=False, val=(10.0 + seed, 20.0 + seed))
+    write_run(logs, "s0_again", seed=0, filters=False, val=(90.0, 95.0))  # a duplicate: not drawn, not counted
     write_run(logs, "x", binarizer="xnor", filters=False)
-    result = rp.report([logs], tmp_path / "out")
-    assert len(result["runs"]) == n + 1
-    assert_png(tmp_path / "out" / "curves_val_top1.png")
+    runs, _ = rp.read_runs([logs])
     curves = {f.name: f for f in figures.figures()}["curves_val_top1"]
-    legend = [t.get_text() for t in curves.draw(result["runs"]).axes[0].get_legend().get_texts()]
-    assert legend == ["digits sketchanetwbin xnor (n=1)", f"digits sketchanetwbin dab (n={n})"]
-    few = curves.draw(result["runs"][:3]).axes[0].get_legend().get_texts()
-    assert [t.get_text() for t in few] == [run["out_name"] for run in result["runs"][:3]]
-    spread = statistics.stdev([20.0 + seed for seed in range(n)])
-    assert f"± {spread:.2f} (n={n})" in (tmp_path / "out" / "results.md").read_text()
+    ax = curves.draw(runs).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["digits sketchanetwbin xnor (n=1)", f"digits sketchanetwbin dab (n={n})"]
+    assert "band: min–max" in ax.get_legend().get_title().get_text()
+    mean = [line for line in ax.lines if line.get_label().endswith(f"(n={n})")][0]
+    assert list(mean.get_ydata()) == pytest.approx([statistics.fmean(10.0 + s for s in range(n)),
+                                                    statistics.fmean(20.0 + s for s in range(n))])
+    band = np.concatenate([path.vertices for c in ax.collections for path in c.get_paths()])
+    assert band[:, 1].min() == pytest.approx(10.0) and band[:, 1].max() == pytest.approx(20.0 + n - 1)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 5])
+def test_epoch_axes_have_whole_ticks(tmp_path, epochs):
+    logs = tmp_path / "logs"
+    write_run(logs, "run", epochs=epochs, val=tuple(10.0 + e for e in range(epochs)))
+    runs, _ = rp.read_runs([logs])
+    for figure in figures.figures():
+        if figure.name in ("curves_val_top1", "curves_train_loss", "alpha_beta", "k_over_training"):
+            fig = figure.draw(runs if not figure.per_run else runs[0])
+            ax = fig.axes[0]
+            low, high = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if low <= t <= high]
+            assert ticks and all(float(t).is_integer() for t in ticks), (figure.name, ticks)
+            assert low < 1 and high > epochs  # every epoch lies inside the axes

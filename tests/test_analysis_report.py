@@ -16,7 +16,6 @@ import models
 from analysis import figures, report as rp
 
 LAYERS = [(2, 16, 8), (3, 144, 8), (4, 72, 6)]  # (conv index, n, filters)
-MAX_LEGEND_RUNS = figures.MAX_LEGEND
 
 
 def write_run(root, name, *, dataset="digits", model_def="sketchanetwbin", binarizer="dab", seed=1, epochs=2,
@@ -227,8 +226,8 @@ def test_cli_module_entry_points(tmp_path, module):
                          str(tmp_path / "out")], cwd=repo, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "1 runs (1 finished, 0 unfinished)" in ok.stdout
-    assert sorted(os.listdir(tmp_path / "out")) == ["curves_train_loss.png", "curves_val_top1.png", "results.csv",
-                                                    "results.md", "results_table.csv"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["comparisons.csv", "curves_train_loss.png", "curves_val_top1.png",
+                                                    "results.csv", "results.md", "results_table.csv"]
     bad = subprocess.run([sys.executable, "-m", module, str(tmp_path / "missing"), "--out",
                           str(tmp_path / "out2")], cwd=repo, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
@@ -275,7 +274,13 @@ def test_report_of_real_runs_of_main(real_runs):
     assert rows["nin_dab"]["weights"] == rows["nin_xnor"]["weights"] != "fp"
     md = (out / "results.md").read_text()
     diff = float(rows["nin_dab"]["final_top1"]) - float(rows["nin_xnor"]["final_top1"])
-    assert "XNOR-Net vs DAB-Net" in md and f"{diff:+.2f}" in md
+    assert "XNOR-Net vs DAB-Net" in md and f"{diff:+.2f} (1 pair)" in md
+    # the one pair of configurations that differ in one part: DAB vs XNOR weights (same seed, same recipe);
+    # the SD-BNN ablation changes two parts (shift and backward) and the fp run its weights: not compared
+    compared = read_csv(out / "comparisons.csv")
+    assert [(row["part"], row["a"], row["b"], row["pairs"], row["seeds"]) for row in compared] == [
+        ("weight binarizer", "binarizer=dab", "binarizer=xnor", "1", "123")]
+    assert float(compared[0]["final_mean"]) == pytest.approx(diff)
     for figure in ("curves_val_top1.png", "curves_train_loss.png", "nin_dab/alpha_beta.png",
                    "nin_dab/k_over_training.png", "nin_dab/k_across_layers.png", "nin_dab/binarization_rmse.png"):
         assert_png(out / figure)

@@ -7,6 +7,7 @@ import os
 import pytest
 
 import models
+import opts
 from analysis import runs as rr
 from test_analysis_report import make_run_tree, write_run
 
@@ -157,11 +158,91 @@ def test_saved_facts_win_over_names_and_registry(tmp_path):
     assert rr.read_run(str(covered))["weights"] == "fbin"
 
 
-def test_compact_layers_and_settings():
+def test_compact_layers():
     assert rr.compact_layers([9, 2, 3, 4, 5, 7]) == "2-5,7,9"
     assert rr.compact_layers([]) == "none"
-    a = {"model": "m", "bin_layers": "2-4", "epochs": 2, "seed": 1}
-    assert rr.setting_of(a) == rr.setting_of(dict(a, seed=2)) != rr.setting_of(dict(a, epochs=3))
+
+
+def _resolved(*argv):
+    """A run's args.json as main.py writes it: the resolved options of ``argv`` (facts left out)."""
+    return dict(vars(opts.parse(["--dataset", "digits", *argv])))
+
+
+def test_the_configuration_is_everything_but_the_seed_and_what_cannot_change_results():
+    base = _resolved("--model_def", "sketchanetwbin", "--epochs", "3")
+    config = rr.configuration(base)
+    assert "manualSeed" not in config and "name" not in config and "workers" not in config
+    assert config["epochs"] == 3 and config["batch_size"] == 64 and config["maxlr"] == 1e-3
+    same = dict(base, manualSeed=7, name="other", logdir="elsewhere", store="s", workers=0, device="cpu",
+                printfreq=1, verbose=True, tensorboard=False, resume="auto", overwrite=True, saveEvery=5,
+                testbatchsize=8, cacheDir="/c", cachemode=True, evaluate=False, channelsLast=True,
+                calculateBinarizationLosses=True)
+    assert rr.configuration(same) == config
+    for change in ({"maxlr": 5e-3}, {"batch_size": 32}, {"learningratescheduler": "cosine"}, {"epochs": 1},
+                   {"inpsize": 8}, {"binLayers": [2, 3]}, {"optimType": "sgd"}, {"binarizer": "xnor"}):
+        assert rr.configuration(dict(base, **change)) != config, change
+
+
+def test_not_configuration_names_real_options_and_every_alias():
+    dests = {action.dest for action in opts.get_parser()._actions}
+    options = {key for key in rr.NOT_CONFIGURATION if not key.startswith("facts.")}
+    assert options <= dests, options - dests  # no misspelt option
+    assert set(opts.DERIVED) <= options  # the aliases are recorded in their resolved options
+    assert all(isinstance(reason, str) and reason for reason in rr.NOT_CONFIGURATION.values())
+
+
+def test_data_is_named_by_its_fingerprint_else_its_folder():
+    base = _resolved("--model_def", "sketchanetwbin")
+    here, there = dict(base, data_dir="/a"), dict(base, data_dir="/b")
+    assert rr.configuration(here) != rr.configuration(there)  # nothing else names the data
+    facts = {"family": "sketchanet", "variant": "wbin", "data_fingerprint": "abc", "code_version": "v1"}
+    assert rr.configuration(dict(here, facts=facts)) == \
+        rr.configuration(dict(there, facts=dict(facts, code_version="v2-dirty")))
+    assert rr.configuration(dict(here, facts=facts)) != rr.configuration(dict(here, facts=dict(facts,
+                                                                                               data_fingerprint="d")))
+
+
+def test_options_a_run_never_uses_do_not_split_it():
+    fp = _resolved("--model_def", "sketchanet")
+    assert rr.configuration(dict(fp, binarizer="xnor", backward="ede", binLayers=[3])) == rr.configuration(fp)
+    wbin = _resolved("--model_def", "sketchanetwbin")
+    assert rr.configuration(dict(wbin, binActivation="asd")) == rr.configuration(wbin)  # real inputs
+    assert rr.configuration(dict(wbin, backward="ede")) != rr.configuration(wbin)
+    fbin = _resolved("--model_def", "sketchanetfbin")
+    assert rr.configuration(dict(fbin, binActivation="asd")) != rr.configuration(fbin)
+
+
+def test_recipes_that_differ_are_never_pooled_and_same_seed_copies_are_duplicates(tmp_path):
+    """The issue's case: an SD-BNN run at Adam 1e-3 / batch 64 beside one at 5e-3, cosine, batch 32, and
+    two copies of one seed."""
+    sdbnn = {"binarizer": "sign", "weightShift": "wsd", "binActivation": "asd", "backward": "ede",
+             "maxlr": 1e-3, "batch_size": 64, "learningratescheduler": "decayschedular"}
+    recipe = dict(sdbnn, maxlr=5e-3, batch_size=32, learningratescheduler="cosine")
+    write_run(tmp_path, "r20_sdbnn", model_def="resnet20_1w1a", filters=False, val=(5.0, 9.17), extra=sdbnn)
+    write_run(tmp_path, "r20_sdbnn_copy", model_def="resnet20_1w1a", filters=False, val=(5.0, 9.17), extra=sdbnn)
+    write_run(tmp_path, "r20_sdbnn_recipe", model_def="resnet20_1w1a", filters=False, val=(30.0, 49.0),
+              extra=recipe)
+    write_run(tmp_path, "r20_sdbnn_s2", model_def="resnet20_1w1a", seed=2, filters=False, val=(5.0, 11.0),
+              extra=sdbnn)
+    runs = [rr.read_run(str(tmp_path / name)) for name in sorted(os.listdir(tmp_path))]
+    groups = rr.config_groups(runs)
+    assert [[run["run"] for run in g["runs"]] for g in groups] == [["r20_sdbnn", "r20_sdbnn_s2"],
+                                                                   ["r20_sdbnn_recipe"]]
+    assert [(dup["run"], kept["run"]) for dup, kept in groups[0]["duplicates"]] == [("r20_sdbnn_copy", "r20_sdbnn")]
+    assert groups[1]["duplicates"] == []
+    labels = rr.settings_labels(groups)
+    assert labels[groups[0]["config_id"]] == "batch_size=64, learningratescheduler=decayschedular, maxlr=0.001"
+    assert labels[groups[1]["config_id"]] == "batch_size=32, learningratescheduler=cosine, maxlr=0.005"
+
+
+def test_settings_labels_name_what_differs_and_bin_layers_only_where_weights_are_binarized(tmp_path):
+    write_run(tmp_path, "fp", model_def="sketchanet", filters=False, epochs=1, val=(10.0,), extra={"inpsize": 8})
+    write_run(tmp_path, "b16", filters=False, extra={"inpsize": 16})
+    write_run(tmp_path, "b32", filters=False, extra={"inpsize": 32, "binLayers": [2, 3]})
+    groups = rr.config_groups([rr.read_run(str(tmp_path / name)) for name in ("fp", "b16", "b32")])
+    labels = [rr.settings_labels(groups)[g["config_id"]] for g in groups]
+    assert labels == ["epochs=1, inpsize=8", "bin layers=2-4, epochs=2, inpsize=16",
+                      "bin layers=2-3, epochs=2, inpsize=32"]
 
 
 def test_has_file_and_run_file(run_tree):
