@@ -3,7 +3,9 @@ plus ours.
 
 ``get_parser()`` returns the parser (tests and scripts reuse it); ``parse(argv)`` also checks every value
 and resolves the defaults that depend on other flags (model input size, the native size of CIFAR,
-binarized layers, binarizer parts). Bad values end the program with one line on stderr and exit status 2.
+binarized layers, binarizer parts, the backward rule of each binarized part), and refuses a binarization
+flag given explicitly where the model and the other flags leave it without effect (``idle_options``).
+Bad values end the program with one line on stderr and exit status 2.
 The namespace ``parse`` returns is final: nothing changes it afterwards. The run folders, which may come
 from a checkpoint, are resolved by ``launch.folders`` into a plan of their own.
 """
@@ -16,6 +18,7 @@ import sys
 import binarize
 import datasets
 import models
+import models.__main__ as models_cli
 from utils.errors import UsageError  # noqa: F401  (re-exported: opts.UsageError is public)
 from utils.schedule import SCHEDULES
 
@@ -25,8 +28,15 @@ OPTIMIZERS = ("sgd", "adam", "adagrad", "adamax", "adadelta")
 # --labelSmoothing. The others cannot train a classifier from these outputs and are refused.
 CRITERIA = {"nllloss": "nll", "crossentropy": "crossentropy"}
 REFUSED_CRITERIA = ("tripletmargin", "mse", "hingeembedding", "kldiv")
-# --binarizer sdbnn: SD-BNN's binary conv (Xue et al., 2022) as a preset of the separate parts.
+# --binarizer sdbnn: SD-BNN's binary conv (Xue et al., 2022) as a preset of the separate parts, with EDE for both
+# (its CIFAR recipe); its ImageNet recipe adds --weightBackward ste --actBackward approxsign.
 PRESETS = {"sdbnn": dict(binarizer="sign", weightShift="wsd", binActivation="asd", backward="ede")}
+# Backward rules each part takes: --weightBackward, --actBackward (--backward sets both: the common ones).
+WEIGHT_RULES = ("ste", "ede")
+ACTIVATION_RULES = ("ste", "ede", "approxsign")
+# Options that act on one binarized part only: explicit, they are refused where that part is not binarized.
+WEIGHT_PART = ("binarizer", "bnnModel", "weightShift", "weightBackward")
+INPUT_PART = ("binActivation", "actBackward")
 
 
 class Parser(argparse.ArgumentParser):
@@ -169,8 +179,16 @@ def _model_flags(g):
     g.add_argument("--binActivation", default=None, choices=binarize.activation_methods(),
                    help="activation binarizer of the convs with binarized inputs (default: the model's own, "
                         "sign = the original's Active)")
-    g.add_argument("--backward", default=None, choices=("ste", "ede"),
-                   help="backward rule of weight and activation binarizers: clipped straight-through, or IR-Net's EDE")
+    g.add_argument("--backward", default=None, choices=WEIGHT_RULES,
+                   help="backward rule of both binarized parts, weights and inputs: clipped straight-through, or "
+                        "IR-Net's EDE (the approxsign activation keeps its own); --weightBackward and --actBackward "
+                        "set one part each and win over it")
+    g.add_argument("--weightBackward", default=None, choices=WEIGHT_RULES,
+                   help="backward rule of the weight binarizer (default: --backward, else ste)")
+    g.add_argument("--actBackward", default=None, choices=ACTIVATION_RULES,
+                   help="backward rule of the activation binarizer, taken at its shifted input: ste, ede, or "
+                        "Bi-Real's approxsign (SD-BNN's ImageNet recipe with asd) (default: --backward, else ste; "
+                        "approxsign for the approxsign activation)")
     g.add_argument("--edeTmin", type=finite_float, default=1e-3, help="EDE: t at the first epoch")
     g.add_argument("--edeTmax", type=finite_float, default=10.0, help="EDE: t approached at the last epoch")
     g.add_argument("--calculateBinarizationLosses", action="store_true",
@@ -249,15 +267,22 @@ def _tool_flags(g):
                    help="write the packed 1-bit model from --resume or --pretrained_file and exit")
 
 
-def resolve(args, notes=None):
+def resolve(args, notes=None, given=None):
     """Check every value and fill in the defaults that depend on other flags; UsageError if impossible.
 
-    Notes for the user (an ignored --inpsize) are appended to ``notes`` when a list is given."""
+    ``given`` names the options the user gave (their dests, as :func:`given_options` finds them; None: those
+    whose value differs from the parser's default): a binarization option given explicitly where the model
+    and the other flags leave it without effect is an error (:func:`idle_options`); the defaults are not.
+    Notes for the user (an ignored --inpsize, a model the defaults do not train) are appended to ``notes``
+    when a list is given."""
+    given = _differing_from_defaults(args) if given is None else set(given)
+    if "lr" in given:
+        given.add("maxlr")
+    shown = {dest: getattr(args, dest) for dest in given if hasattr(args, dest)}
     info = models.model_info(args.model_def)
     _resolve_binarization(args, info)
+    _resolve_backward(args, info)
     args.inpsize, note = native_input_size(args.dataset, args.inpsize or info.default_inpsize)
-    if note and notes is not None:
-        notes.append(note)
     if args.maxlr is None:
         args.maxlr = args.lr if args.lr is not None else 1e-3
     if args.cuda is not None:
@@ -265,8 +290,11 @@ def resolve(args, notes=None):
     if args.testOnly:
         args.evaluate = True
     _check_values(args)
+    _check_effects(args, given, shown)
     if args.name is not None:
         _check_name(args.name)
+    if notes is not None:
+        notes.extend(n for n in (note, _digits_note(args, info, given)) if n)
     return args
 
 
@@ -289,7 +317,6 @@ def _resolve_binarization(args, info):
     if args.bnnModel:
         args.binarizer = "bnn"
     args.weightShift = None if args.weightShift in (None, "none") else args.weightShift
-    args.backward = args.backward or "ste"
     args.binActivation = args.binActivation or info.activation
     if args.binaryWeight is None:
         args.binaryWeight = info.binarized
@@ -308,9 +335,120 @@ def _resolve_binarization(args, info):
     if args.binaryWeight and not args.binLayers:
         raise UsageError("--binLayers none binarizes nothing; drop it or pass --no-binaryWeight")
     args.binStart, args.binEnd = (args.binLayers[0], args.binLayers[-1]) if args.binLayers else (start, end)
-    if args.binActivation == "approxsign" and args.backward != "ste":
-        raise UsageError("the approxsign activation is sign with Bi-Real's backward and takes no --backward "
-                         f"{args.backward}; use --binActivation sign or asd with --backward {args.backward}")
+
+
+def _resolve_backward(args, info):
+    """The backward rule of each binarized part: ``weightBackward``, ``actBackward`` (None for a part that is
+    not binarized); an explicit part flag wins over ``--backward``, which wins over ste. The approxsign
+    activation keeps its own rule. ``args.backward`` becomes the weights' rule (the inputs' where the weights
+    are real; None where nothing is binarized)."""
+    own = args.binActivation == "approxsign"
+    if own and args.actBackward not in (None, "approxsign"):
+        raise UsageError(f"the approxsign activation is sign with Bi-Real's backward and takes no --actBackward "
+                         f"{args.actBackward}; use --binActivation sign or asd with --actBackward {args.actBackward}")
+    weight = args.weightBackward or args.backward or "ste"
+    act = "approxsign" if own else args.actBackward or args.backward or "ste"
+    args.weightBackward = weight if args.binaryWeight else None
+    args.actBackward = act if _input_convs(vars(args), info) else None
+    args.backward = args.weightBackward or args.actBackward
+
+
+def _input_convs(options, info):
+    """The convs whose input resolved ``options`` binarize: ``--binInputs``, else the model's own."""
+    chosen = options.get("binInputs")
+    return list(info.binary_inputs) if chosen is None else list(chosen)
+
+
+def backward_rules(args):
+    """``(weight rule, activation rule)`` of resolved options (a namespace) or of the flags a checkpoint
+    records; older checkpoints record one ``backward`` for both parts (the approxsign activation keeping its
+    own). A part that is not binarized gets the shared rule, which nothing then uses."""
+    shared = getattr(args, "backward", None) or "ste"
+    shared = shared if shared in WEIGHT_RULES else "ste"  # approxsign: the inputs' rule of a run with real weights
+    weight = getattr(args, "weightBackward", None) or shared
+    own = "approxsign" if getattr(args, "binActivation", None) == "approxsign" else shared
+    return weight, getattr(args, "actBackward", None) or own
+
+
+def uses_ede(options):
+    """Whether a binarized part of resolved ``options`` (a dict, e.g. ``vars(args)``) trains with EDE, so its
+    schedule runs."""
+    if "weightBackward" in options or "actBackward" in options:
+        return "ede" in (options.get("weightBackward"), options.get("actBackward"))
+    return options.get("backward") == "ede"  # recorded before each part had a flag of its own
+
+
+def idle_options(options, given=(), preset=None):
+    """``{option: why it has no effect}`` for the binarization options of resolved ``options`` (a dict such
+    as ``vars(parse(...))``): the weight binarizer's options (:data:`WEIGHT_PART`) where the weights are
+    real, the activation binarizer's (:data:`INPUT_PART`) where every input is real, ``--backward`` where no
+    part takes its rule (``given``: the options the user gave), EDE's settings where no part uses EDE.
+    ``preset``: the --binarizer preset given (it sets both parts, so it acts where either is binarized)."""
+    info = models.model_info(options["model_def"])
+    weights, inputs = bool(options.get("binaryWeight")), bool(_input_convs(options, info))
+    why_weights = ("--no-binaryWeight keeps the weights real" if info.binarized else
+                   f"{info.name} trains with real weights (--binaryWeight binarizes them)")
+    why_inputs = ("--binInputs none keeps every input real" if options.get("binInputs") == [] else
+                  f"{info.name} has no binarized inputs (--binInputs LIST gives it some)")
+    idle = {}
+    if not weights:
+        idle.update(dict.fromkeys(WEIGHT_PART, why_weights))
+    if not inputs:
+        idle.update(dict.fromkeys(INPUT_PART, why_inputs))
+    if preset and (weights or inputs):
+        idle.pop("binarizer", None)
+    elif preset:
+        idle["binarizer"] = f"{why_weights}, and {why_inputs}"
+    takers = [weights and "weightBackward" not in given,
+              inputs and "actBackward" not in given and options.get("binActivation") != "approxsign"]
+    if not any(takers):
+        idle["backward"] = _idle_backward(weights, inputs, given, why_weights, why_inputs)
+    rules = [options.get(part) or options.get("backward") for part, on in
+             (("weightBackward", weights), ("actBackward", inputs)) if on]  # of the parts binarized now
+    if "ede" not in rules:
+        idle["edeTmin"] = idle["edeTmax"] = ("no binarized part uses EDE (--backward, --weightBackward or "
+                                             "--actBackward ede)")
+    return idle
+
+
+def _idle_backward(weights, inputs, given, why_weights, why_inputs):
+    """Why --backward sets no rule: each part is real or has its rule from elsewhere."""
+    weight_part = "--weightBackward sets the weights' rule" if weights else why_weights
+    if not inputs:
+        input_part = why_inputs
+    elif "actBackward" in given:
+        input_part = "--actBackward sets the inputs' rule"
+    else:
+        input_part = "the approxsign activation keeps its own rule"
+    return f"{weight_part}, and {input_part}"
+
+
+def _check_effects(args, given, shown):
+    """UsageError for the first explicit option (``given``; ``shown`` their values as given) that has no
+    effect here."""
+    preset = shown.get("binarizer") if shown.get("binarizer") in PRESETS else None
+    idle = idle_options(vars(args), given, preset)
+    for action in get_parser()._actions:
+        if action.dest in given and action.dest in idle:
+            flag = next(s for s in action.option_strings if s.startswith("--"))
+            value = shown.get(action.dest)
+            named = flag if value is None or isinstance(value, bool) else f"{flag} {value}"
+            raise UsageError(f"{named} has no effect: {idle[action.dest]}; drop it")
+
+
+def _digits_note(args, info, given):
+    """The note of a run of an SD-BNN model with binarized parts on the digits that leaves some flag of the
+    digits recipe at main.py's default (the defaults leave such a model near chance there): SD-BNN's own
+    recipes, and a digits recipe that trains (``python -m models NAME`` shows it too)."""
+    recipe = models_cli.digits_recipe(args.model_def)
+    if recipe is None or args.dataset != "digits" or args.backward is None:  # backward None: nothing binarized
+        return None
+    if given_options(recipe) - {"model_def", "binarizer"} <= given:
+        return None
+    return (f"note: {args.model_def} is an SD-BNN model, whose own recipes train 400-600 epochs on CIFAR-10 or 256 "
+            f"per stage on ImageNet (bash runx.sh list); main.py's defaults (2 epochs of Adam at 1e-3, batch 64) "
+            f"leave it near chance on the digits, and this run keeps some of them. A digits recipe that trains: "
+            f"python main.py {' '.join(recipe)}")
 
 
 def _check_values(args):
@@ -369,31 +507,71 @@ def to_argv(options, *, skip=DERIVED):
     """The flags that reproduce ``options`` (a resolved configuration, e.g. ``vars(parse(...))`` or a run's
     args.json, whose other keys such as ``facts`` are ignored): ``parse(to_argv(vars(parse(argv))))``
     resolves to the same values, except the aliases (``--lr``, ``--cuda``, ``--testOnly``, ``--bnnModel``)
-    whose values went into the options they stand for. Options in ``skip`` and options equal to None are
-    left out."""
+    whose values went into the options they stand for. Options in ``skip``, options equal to None and
+    binarization options without effect (:func:`idle_options`: ``parse`` would refuse them) are left out,
+    and ``--backward`` where each part's rule is written. Options holding SD-BNN's three parts, with some
+    part binarized, are written ``--binarizer sdbnn`` (so a run with real weights keeps its weight parts)."""
+    skip, preset = set(skip), None
+    if options.get("model_def") in models.list_models():
+        skip |= set(idle_options(options))
+        preset = _preset_of(options)
+    if "weightBackward" in options or "actBackward" in options:
+        skip.add("backward")
+    if preset:
+        skip |= set(PRESETS[preset]) - {"backward"}
     argv = []
     for action in get_parser()._actions:
         dest = action.dest
-        if dest not in options or dest in skip or not action.option_strings or dest == "help":
-            continue
-        value, flag = options[dest], next((s for s in action.option_strings if s.startswith("--")),
-                                          action.option_strings[0])
-        if isinstance(action, argparse._StoreTrueAction):
-            argv += [flag] if value else []
-        elif isinstance(action, argparse._StoreFalseAction):
-            argv += [] if value else [flag]
-        elif isinstance(action, (BoolFlag, argparse.BooleanOptionalAction)):
-            argv += [] if value is None else [flag if value else f"--no-{flag[2:]}"]
-        elif value is None:
-            continue
-        elif action.type is index_list:
-            argv += [flag, ",".join(str(i) for i in value) or "none"]
-        else:
-            argv += [flag, str(value)]
+        if dest == "binarizer" and preset:
+            argv += ["--binarizer", preset]
+        elif dest in options and dest not in skip and action.option_strings and dest != "help":
+            argv += _flags_of(action, options[dest])
     return argv
+
+
+def _preset_of(options):
+    """The --binarizer preset whose parts ``options`` hold (None if none), where it has an effect."""
+    info = models.model_info(options["model_def"])
+    if not (options.get("binaryWeight") or _input_convs(options, info)):
+        return None
+    return next((name for name, parts in PRESETS.items()
+                 if all(options.get(k) == v for k, v in parts.items() if k != "backward")), None)
+
+
+def _flags_of(action, value):
+    """The flags that give ``action`` the resolved ``value``."""
+    flag = next((s for s in action.option_strings if s.startswith("--")), action.option_strings[0])
+    if isinstance(action, argparse._StoreTrueAction):
+        return [flag] if value else []
+    if isinstance(action, argparse._StoreFalseAction):
+        return [] if value else [flag]
+    if isinstance(action, (BoolFlag, argparse.BooleanOptionalAction)):
+        return [] if value is None else [flag if value else f"--no-{flag[2:]}"]
+    if value is None:
+        return []
+    if action.type is index_list:
+        return [flag, ",".join(str(i) for i in value) or "none"]
+    return [flag, str(value)]
+
+
+def given_options(argv=None):
+    """The options ``argv`` (default: the command line) gives explicitly, as their dests, whatever their
+    values; ``--lr`` counts as ``maxlr`` too."""
+    parser = get_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(argv)))
+    return given | {"maxlr"} if "lr" in given else given
+
+
+def _differing_from_defaults(args):
+    """The options of a namespace whose value is not the parser's default (what ``resolve`` takes as given
+    when it is not told)."""
+    defaults = vars(get_parser().parse_args([]))
+    return {dest for dest, value in vars(args).items() if dest in defaults and value != defaults[dest]}
 
 
 def parse(argv=None, *, notes=None):
     """Parse and resolve ``argv`` (default: the command line); UsageError for inconsistent flags. Notes for
     the user are appended to the list ``notes`` when one is given."""
-    return resolve(get_parser().parse_args(argv), notes)
+    return resolve(get_parser().parse_args(argv), notes, given_options(argv))

@@ -82,70 +82,26 @@ is_run() {
     [[ -n $1 && ( -n ${GRID[$1]:-} || -n ${SDBNN[$1]:-} ) ]]
 }
 
-# SD-BNN's table (list: runx.sh list)
-#
-# TUBERLIN_DIR: the folder holding png/ (as sketches_png.zip unzips; 3-fold split, --fold from FOLD,
-# default 1) or the original's pre-split tuberlin/{train,val} layout. SKETCHY_DIR: the folder holding
-# rendered_256x256/ and info/ (split by info/testset.txt) or sketchy_recognition/{train,val}.
-# Hyper-parameters are the original's (run1/run3/run4/run5.sh, the settings of its logs): Adam,
-# decayschedular with decaylevel 2 every 50 epochs, weight decay 0, ten-crop validation; 600 epochs
-# on TU-Berlin, 400 on Sketchy. Each run starts with clean.sh, as the original's scripts did, and
-# its output is kept in textlogs/<name>.txt. GPU: set CUDA_VISIBLE_DEVICES; several GPUs: set
-# NPROC=N to launch through torchrun (batch sizes are per process). A run continues where it stopped
-# (--resume auto): a preempted or repeated run picks up its last checkpoint; OVERWRITE=1 starts it anew.
-# Input sizes, binarized convs and whether weights and inputs are binarized are each model's own: main.py
-# reads them from the model registry (python -m models NAME prints them), so the commands do not repeat them.
-# DRYRUN=1 prints each command line (runs, planner, report) and runs nothing; a data variable that is not
-# set appears as "$VAR" and is named once at the end. Without DRYRUN, 'all' checks every data variable first.
-set -euo pipefail
-cd "$(dirname "$0")"
-
-# model family -> "fp-model wbin-model fbin-model inpsize binStart binEnd"
-declare -A FAMILY=(
-    [sketchanet]="sketchanet sketchanetwbin sketchanetfbin 225 2 7"
-    [resnet]="resnet18 resnetwbin18 resnetfbin18 224 2 100"
-    [googlenet]="googlenet googlenetwbin googlenetfbin 224 2 100"
-)
-# dataset:family:variant -> "batch testbatch maxlr minlr"
-declare -A HPARAMS=(
-    [tuberlin:sketchanet:wbin]="512 16 5e-4 1e-5"   [tuberlin:sketchanet:fbin]="256 16 5e-4 1e-5"
-    [tuberlin:resnet:wbin]="256 16 5e-4 1e-5"       [tuberlin:resnet:fbin]="128 8 5e-4 1e-5"
-    [tuberlin:googlenet:wbin]="96 4 1e-3 2e-5"      [tuberlin:googlenet:fbin]="96 4 2e-3 1e-4"
-    [sketchy:sketchanet:wbin]="256 16 5e-4 1e-5"    [sketchy:sketchanet:fbin]="256 16 5e-4 1e-5"
-    [sketchy:resnet:wbin]="128 8 5e-4 1e-5"         [sketchy:resnet:fbin]="128 8 5e-4 1e-5"
-    [sketchy:googlenet:wbin]="128 8 1e-3 2e-5"      [sketchy:googlenet:fbin]="96 4 2e-3 1e-4"
-)
-
-runs() {
-    local ds fam variant
-    for ds in tuberlin sketchy; do
-        for fam in sketchanet resnet googlenet; do
-            echo "${ds}_${fam}_fp"
-            for variant in wbin fbin; do
-                echo "${ds}_${fam}${variant}_dab"
-                echo "${ds}_${fam}${variant}_xnor"
-            done
-        done
-    done
-    printf '%s\n' "${!SDBNN[@]}" | sort
-}
-
 # SD-BNN's table (sdbnn.md, section 3): name -> main.py flags. CIFAR-10 from scratch with SGD and a cosine
-# schedule; ImageNet in two stages (activations binarized, then weights too) distilled from a teacher:
-# TEACHER (a torchvision ResNet-34 state_dict, as SD-BNN used) or our full-precision Bi-Real-18 run.
+# schedule, SD-BNN's conv with IR-Net's EDE backward for weights and activations (--binarizer sdbnn);
+# ImageNet in two stages (activations binarized, then weights too) distilled from a teacher: TEACHER (a
+# torchvision ResNet-34 state_dict, as SD-BNN used) or our full-precision Bi-Real-18 run, with Bi-Real's
+# backward rules: ApproxSign's on the ASD-shifted activation, the clipped straight-through one on the
+# WSD-shifted weight (stage 1 has real weights, so no weight rule).
 CIFAR_RECIPE="--dataset cifar10 --optimType sgd --momentum 0.9 --weightDecay 1e-4 --learningratescheduler cosine
     --batch-size 128 --testbatchsize 200 --criterion crossentropy --dataNorm imagenet --binarizer sdbnn"
 IMAGENET_RECIPE="--dataset imagenet12 --nClasses 1000 --inpsize 224 --optimType adam --maxlr 1e-3
     --learningratescheduler linear --epochs 256 --batch-size 512 --testbatchsize 100 --criterion crossentropy"
+IMAGENET_CONV="--binarizer sdbnn --actBackward approxsign"
 declare -A SDBNN=(
     [cifar10_resnet20_sdbnn]="$CIFAR_RECIPE --model_def resnet20_1w1a --epochs 500 --maxlr 0.11 --edeTmin 1e-3 --edeTmax 10"
     [cifar10_vgg_small_sdbnn]="$CIFAR_RECIPE --model_def vgg_small_1w1a --epochs 400 --maxlr 0.08 --edeTmin 0.1 --edeTmax 10"
     [cifar10_resnet18_sdbnn]="$CIFAR_RECIPE --model_def resnet18_1w1a --epochs 600 --maxlr 0.08 --edeTmin 1e-3 --edeTmax 10"
     [imagenet_birealnet18_teacher]="$IMAGENET_RECIPE --model_def birealnet18_fp --weightDecay 1e-5 --labelSmoothing 0.1"
-    [imagenet_birealnet18_stage1]="$IMAGENET_RECIPE --model_def birealnet18 --binarizer sdbnn --no-binaryWeight
+    [imagenet_birealnet18_stage1]="$IMAGENET_RECIPE --model_def birealnet18 $IMAGENET_CONV --no-binaryWeight
         --weightDecay 1e-5 TEACHER"
-    [imagenet_birealnet18_stage2]="$IMAGENET_RECIPE --model_def birealnet18 --binarizer sdbnn --weightDecay 0
-        --pretrained_file savedmodels/imagenet_birealnet18_stage1/last.pth TEACHER"
+    [imagenet_birealnet18_stage2]="$IMAGENET_RECIPE --model_def birealnet18 $IMAGENET_CONV --weightBackward ste
+        --weightDecay 0 --pretrained_file savedmodels/imagenet_birealnet18_stage1/last.pth TEACHER"
 )
 
 # SD-BNN run -> its data variable

@@ -11,7 +11,9 @@ output is ``sign(pre_sign(x))`` (values -1 and +1), which a packed XNOR/popcount
 * ``approxsign``: ``sign(x)`` with Bi-Real Net's ApproxSign backward ``2 - 2|x|`` on ``|x| < 1``.
 * ``asd``: SD-BNN's activation self-distribution, ``sign(x + s(x))`` with ``s`` a squeeze-excitation
   branch (global average pool -> Linear(C, C/r) -> ReLU -> Linear(C/r, C) -> sigmoid, no biases), so
-  the sign threshold of each sample and channel moves to ``-s`` with ``s`` in (0, 1).
+  the sign threshold of each sample and channel moves to ``-s`` with ``s`` in (0, 1). Its backward is
+  any rule, taken at the shifted value: EDE in SD-BNN's CIFAR recipe, ApproxSign (``backward=
+  "approxsign"``) in its ImageNet Bi-Real recipe.
 * ``dab`` (:class:`DABActive`, the original's ``DualActive``): per sample, mean-centre over channels and
   take a two-value code with the threshold at 0: entries at or above it take the mean of those entries,
   the rest the mean of the rest. Its statistics are computed in fp32 whatever the input's precision.
@@ -107,7 +109,7 @@ class ApproxSign(ActivationBinarizer):
     def __init__(self, channels=None, *, backward=None):
         if backward not in (None, "approxsign") and not isinstance(backward, ApproxSignWindow):
             raise ValueError("approxsign is sign with Bi-Real's backward; it takes no other backward rule "
-                             "(use the sign activation with --backward ede for EDE)")
+                             "(for another rule use the sign activation with that backward)")
         super().__init__(channels, backward=ApproxSignWindow())
 
 

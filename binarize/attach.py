@@ -1,5 +1,6 @@
 """Attach binarizers to a model: weight binarizers by conv index (or to any Conv2d/Linear), activation
-binarizers in front of chosen convs, and the per-epoch settings of the backward rules.
+binarizers in front of chosen convs (of a registry model, or inserted into any model), and the per-epoch
+settings of the backward rules.
 
 ``--binStart s --binEnd t`` mean: number every ``nn.Conv2d`` in ``model.modules()`` order from 1 and
 binarize the weights of convs s..t (inclusive; t is clipped to the number of convs). Each selected layer
@@ -23,7 +24,8 @@ from .weights import _LATENTS, WeightBinarizer, make_weight_binarizer
 
 __all__ = ["conv_layers", "parse_indices", "format_indices", "resolve_range", "resolve_layers", "weight_binarizer",
            "binarized_layers", "binarize_layer", "binarize_weights", "project_latent_", "layer_stats", "filter_stats",
-           "input_binarizers", "binarize_inputs", "set_input_binarizer", "set_ede"]
+           "input_binarizers", "binarize_inputs", "set_input_binarizer", "insert_input_binarizer", "INPUT_SLOT",
+           "set_ede"]
 
 BINARIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -183,12 +185,21 @@ def filter_stats(model):
     return out
 
 
+# The child name of an activation binarizer inserted in front of a conv that had none (binarize_inputs).
+INPUT_SLOT = "input_binarizer"
+
+
 def input_binarizers(model):
     """``[(index, conv_name, parent, child_name, binarizer)]`` for every conv whose input is binarized: an
-    ActivationBinarizer followed (dropouts aside) by the conv among the children of one module."""
+    ActivationBinarizer followed (dropouts aside) by the conv among the children of one module, or one that
+    :func:`binarize_inputs` inserted into the conv itself (``parent`` is then the conv, ``child_name``
+    ``INPUT_SLOT``)."""
     index_of = {id(conv): i for i, _, conv in conv_layers(model)}
     found = []
     for parent_name, parent in model.named_modules():
+        inserted = getattr(parent, INPUT_SLOT, None) if isinstance(parent, nn.Conv2d) else None
+        if isinstance(inserted, ActivationBinarizer):
+            found.append((index_of[id(parent)], parent_name, parent, INPUT_SLOT, inserted))
         pending = None
         for child_name, child in parent.named_children():
             if isinstance(child, ActivationBinarizer):
@@ -202,37 +213,67 @@ def input_binarizers(model):
     return sorted(found, key=lambda row: row[0])
 
 
+def _activation_for(model, method, channels, like, backward, kwargs):
+    """A new activation binarizer for ``channels`` inputs, on the device of ``like`` (a module or None)."""
+    options = dict(getattr(model, "activation_kwargs", {}), **kwargs)
+    new = make_activation(method, channels, backward=backward, **options)
+    param = next(like.parameters(), None) if like is not None else None
+    if param is not None:
+        new.to(param.device)
+    return new
+
+
 def set_input_binarizer(model, index, method, *, backward=None, **kwargs):
     """Replace the activation binarizer in front of conv ``index`` by ``method`` (name or class); returns it.
 
-    ``kwargs`` (e.g. ASD's ``reduction``) default to the model's ``activation_kwargs`` attribute.
+    ``kwargs`` (e.g. ASD's ``reduction``) default to the model's ``activation_kwargs`` attribute. A conv
+    without one is refused; :func:`binarize_inputs` with its index inserts one.
     """
     slots = {row[0]: row for row in input_binarizers(model)}
     if index not in slots:
         raise ValueError(f"conv {index} has no binarized input in this model (convs with one: "
-                         f"{sorted(slots) or 'none'})")
+                         f"{sorted(slots) or 'none'}); binarize_inputs(model, method, [{index}]) inserts one")
     _, _, parent, child_name, old = slots[index]
-    options = dict(getattr(model, "activation_kwargs", {}), **kwargs)
-    new = make_activation(method, old.channels, backward=backward, **options)
-    param = next(model.parameters(), None)
-    if param is not None:
-        new.to(param.device)
-    setattr(parent, child_name, new)
-    return new
+    setattr(parent, child_name, _activation_for(model, method, old.channels, model, backward, kwargs))
+    return getattr(parent, child_name)
+
+
+def _binarize_conv_input(conv, inputs):
+    """Forward pre-hook of a conv given an inserted input binarizer: its input goes through it first. A
+    module-level function reading the conv's own child, so copies and pickles of the model stay whole."""
+    return (getattr(conv, INPUT_SLOT)(inputs[0]), *inputs[1:])
+
+
+def insert_input_binarizer(conv, binarizer):
+    """Binarize the input of ``conv`` (an nn.Conv2d without one) through ``binarizer``: it becomes the conv's
+    child ``INPUT_SLOT`` (trained and saved with it: ``<conv>.input_binarizer.*`` in the state dict; the
+    conv's own parameter names do not change) and runs on the conv's input before every forward."""
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"an input binarizer goes in front of an nn.Conv2d, not a {type(conv).__name__}")
+    if isinstance(getattr(conv, INPUT_SLOT, None), ActivationBinarizer):
+        raise ValueError("this conv already has an inserted input binarizer; set_input_binarizer replaces it")
+    conv.add_module(INPUT_SLOT, binarizer)
+    conv.register_forward_pre_hook(_binarize_conv_input)
+    return binarizer
 
 
 def binarize_inputs(model, method, indices=None, *, backward=None, **kwargs):
-    """Set the activation binarizer of every conv with a binarized input (or of ``indices``) to ``method``;
-    returns the conv indices changed."""
-    available = [row[0] for row in input_binarizers(model)]
-    chosen = available if indices is None else sorted(indices)
-    missing = sorted(set(chosen) - set(available))
-    if missing:
-        raise ValueError(f"convs {missing} have no binarized input in this model (convs with one: "
-                         f"{available or 'none'})")
+    """Binarize the inputs of convs ``indices`` (1-based, ``conv_layers`` order) of any model with ``method``:
+    a conv that has an activation binarizer gets it replaced, one without gets one inserted in front of it
+    (:func:`insert_input_binarizer`). ``indices`` None: every conv whose input is binarized already.
+
+    Returns the sorted conv indices whose input binarizer was set (``[]`` when nothing changed). Raises
+    ValueError, changing nothing, for an unknown method or a conv that does not exist."""
+    convs = conv_layers(model)
+    slots = {row[0] for row in input_binarizers(model)}
+    chosen = sorted(slots) if indices is None else resolve_layers(len(convs), indices, "convs")
     activation_class(method)  # validate before changing anything
     for index in chosen:
-        set_input_binarizer(model, index, method, backward=backward, **kwargs)
+        if index in slots:
+            set_input_binarizer(model, index, method, backward=backward, **kwargs)
+        else:
+            conv = convs[index - 1][2]
+            insert_input_binarizer(conv, _activation_for(model, method, conv.in_channels, conv, backward, kwargs))
     return chosen
 
 

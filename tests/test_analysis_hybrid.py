@@ -289,7 +289,9 @@ def test_the_command_takes_the_hybrid_run_and_data_given_to_the_planner():
     assert (parsed["name"], parsed["logdir"], parsed["store"], parsed["data_dir"]) == \
         ("exp/hyb", "elsewhere", "ck/hyb", "/new/tub")
     assert parsed["binInputs"] == [] and "--binInputs none" in command
-    _assert_same_except_changed(parsed, source, CHANGED | {"logdir", "data_dir"})
+    # With every input real, the activation binarizer's options have no effect: the command leaves them out.
+    idle = set(opts.idle_options(dict(source, binInputs=[]))) | {"actBackward", "backward"}
+    _assert_same_except_changed(parsed, source, CHANGED | {"logdir", "data_dir"} | idle)
     other = _parsed_command(hybrid.train_command(source, "3", dataset="sketchyrecognition"))
     assert other["dataset"] == "sketchyrecognition" and other["nClasses"] is None  # its data gives the classes
     _assert_same_except_changed(other, source, CHANGED | {"dataset", "nClasses"})

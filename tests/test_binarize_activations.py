@@ -117,6 +117,28 @@ def test_activation_self_distribution_shape_and_threshold():
         ASD()
 
 
+@pytest.mark.parametrize("backward,window", [
+    ("approxsign", lambda y: (2 - 2 * y.abs()).clamp(min=0)),   # SD-BNN's ImageNet Bi-Real recipe
+    ("ste", lambda y: (y.abs() <= 1).to(y.dtype)),
+])
+def test_asd_takes_its_backward_rule_at_the_shifted_input(backward, window):
+    # The gradient through sign(x + s(x)) is window(x + s) times the incoming gradient, carried back through
+    # the shift x + s(x) (whose branch depends on x too): autograd of a function whose derivative is that
+    # window at y = x + s(x) gives the reference.
+    torch.manual_seed(11)
+    asd = ASD(8, reduction=2, backward=backward).double()
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    asd(x).backward(g)
+    got_x, got_fc = x.grad.clone(), asd.fc1.weight.grad.clone()
+    x.grad, asd.fc1.weight.grad, asd.fc2.weight.grad = None, None, None
+    y = asd.pre_sign(x)
+    w = window(y.detach())
+    (g * w * y).sum().backward()  # d/dy of (g * w * y) is g * w, w held fixed
+    assert torch.allclose(got_x, x.grad) and torch.allclose(got_fc, asd.fc1.weight.grad)
+    assert asd.surrogate.name == backward and got_fc.abs().sum() > 0
+
+
 def test_dab_activation_is_a_per_sample_two_value_code():
     torch.manual_seed(8)
     x = torch.randn(3, 4, 5, 5, requires_grad=True)

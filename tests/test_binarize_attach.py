@@ -11,7 +11,7 @@ from torch.nn import functional as F
 import binarize
 import models
 from binarize import (ASD, DAB, EDE, XNOR, BinActive, DABActive, Sign, binarize_inputs, binarize_layer,
-                      binarize_weights, binarized_layers, conv_layers, dab, filter_stats, format_indices,
+                      binarize_weights, binary_sign, binarized_layers, conv_layers, dab, filter_stats, format_indices,
                       input_binarizers, layer_stats, parse_indices, project_latent_, resolve_layers, set_ede,
                       set_input_binarizer, weight_binarizer)
 from deploy.export import export_model, load_export
@@ -96,12 +96,52 @@ def test_an_activation_binarizer_per_conv():
     assert model(torch.randn(2, 1, 225, 225)).shape == (2, 5)
     with pytest.raises(ValueError, match="conv 8 has no binarized input"):
         set_input_binarizer(model, 8, "sign")
-    with pytest.raises(ValueError, match=r"convs \[1\] have no binarized input"):
-        binarize_inputs(model, "sign", [1, 2])
+    with pytest.raises(ValueError, match=r"convs \[9\] do not exist: this model has convs 1..8"):
+        binarize_inputs(model, "sign", [2, 9])
     with pytest.raises(ValueError, match="unknown activation binarizer"):
-        binarize_inputs(model, "ternary")
+        binarize_inputs(model, "ternary", [1, 2])
+    assert [index for index, *_ in input_binarizers(model)] == [2, 3, 4, 5, 6, 7]  # the refusals changed nothing
     assert binarize_inputs(model, "approxsign", backward=None) == [2, 3, 4, 5, 6, 7]
     assert {type(b).__name__ for *_, b in input_binarizers(model)} == {"ApproxSign"}
+
+
+def test_binarize_inputs_inserts_an_activation_binarizer_in_front_of_the_convs_of_any_model():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1), nn.Conv2d(5, 3, 1))
+    x = torch.randn(3, 2, 8, 8)
+    assert binarize_inputs(model, "sign") == []  # no binarized input yet: nothing to replace
+    assert binarize_inputs(model, "sign", [2, 3]) == [2, 3]
+    assert [(i, name) for i, name, *_ in input_binarizers(model)] == [(2, "2"), (3, "3")]
+    first = torch.relu(F.conv2d(x, model[0].weight, model[0].bias))
+    second = F.conv2d(binary_sign(first), model[2].weight, model[2].bias, padding=1)
+    assert torch.equal(model(x), F.conv2d(binary_sign(second), model[3].weight, model[3].bias))
+    assert set(model.state_dict()) == {f"{i}.{p}" for i in (0, 2, 3) for p in ("weight", "bias")}  # names kept
+    # asked again, the inserted binarizer is replaced, not stacked
+    assert binarize_inputs(model, "dab", [3]) == [3] and isinstance(model[3].input_binarizer, DABActive)
+    assert [type(b) for *_, b in input_binarizers(model)] == [BinActive, DABActive]
+
+
+def test_a_torchvision_resnet_gets_binarized_inputs_that_train_copy_and_save():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(8)
+    model = torchvision.models.resnet18(num_classes=3)
+    assert binarize_inputs(model, "sign") == []
+    assert binarize_inputs(model, "asd", [2, 3], backward="approxsign") == [2, 3]
+    rows = input_binarizers(model)
+    assert [(i, name) for i, name, *_ in rows] == [(2, "layer1.0.conv1"), (3, "layer1.0.conv2")]
+    assert all(isinstance(b, ASD) and b.surrogate.name == "approxsign" and b.channels == 64 for *_, b in rows)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    asd = model.layer1[0].conv1.input_binarizer
+    assert asd.fc1.weight.grad is not None and asd.fc1.weight.grad.abs().sum() > 0  # it trains with the model
+    model.eval()
+    out = model(x)
+    assert torch.equal(copy.deepcopy(model)(x), out)
+    rebuilt = torchvision.models.resnet18(num_classes=3)
+    binarize_inputs(rebuilt, "asd", [2, 3])
+    rebuilt.load_state_dict(model.state_dict())  # strict: the same keys, the binarizers' included
+    assert "layer1.0.conv1.input_binarizer.fc1.weight" in model.state_dict()
+    assert torch.equal(rebuilt.eval()(x), out)
 
 
 def test_linear_layers_binarize_through_the_same_parametrization(tmp_path):

@@ -31,6 +31,7 @@ import binarize
 import models
 from models.__main__ import main as cli_main
 from models.sdbnn import ShortcutA
+from conftest import PYTHON_START, subprocess_timeout
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 5  # classes used by the tests that build models
@@ -309,11 +310,12 @@ def name(request):
 
 # ---------------------------------------------------------------- registry and static facts
 
-def test_every_registered_name_has_its_literals():
-    """The registry holds the original's 31 names and SD-BNN's 8, and nothing the literals above miss."""
-    assert set(NAMES) == set(EXPECTED) | set(SDBNN) | set(SDBNN_TWINS)
+def test_the_original_and_sdbnn_names_are_all_registered():
+    """The registry holds the original's 31 names and SD-BNN's 8 with the layer tables above; a name added
+    later is covered by the tests that enumerate the registry, without a literal here."""
+    assert set(EXPECTED) | set(SDBNN) | set(SDBNN_TWINS) <= set(NAMES)
     assert (len(EXPECTED), len(SDBNN) + len(SDBNN_TWINS)) == (31, 8)
-    assert set(FAMILY_NAMES) == set(FAMILIES)
+    assert set(FAMILIES) <= set(FAMILY_NAMES)
 
 
 def test_unknown_name_lists_choices():
@@ -473,12 +475,14 @@ def test_a_family_file_is_picked_up_without_editing_the_package(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     code = ("import models; print(models.__file__); "
             "print(models.model_info('toynetfbin').label, len(models.list_models()))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=subprocess_timeout(PYTHON_START))
     assert proc.returncode == 0, proc.stderr[-2000:]
     where, facts = proc.stdout.splitlines()
     assert Path(where).parent == tmp_path / "models"
     assert facts == f"Toy-Net fbin {len(NAMES) + 2}"
-    proc = subprocess.run([sys.executable, "-m", "models"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    proc = subprocess.run([sys.executable, "-m", "models"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=subprocess_timeout(PYTHON_START))
     assert proc.returncode == 0 and re.search(r"^toynetfbin +Toy-Net fbin ", proc.stdout, re.M)
 
 
@@ -977,7 +981,7 @@ def test_cli_errors_are_one_line(capsys, argv, message):
 @pytest.mark.slow
 def test_cli_exit_status_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "models", "sketchanet", "--inpsize", "300"],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, timeout=subprocess_timeout(PYTHON_START))
     assert proc.returncode == 2
     assert proc.stderr.strip() == "python -m models: error: sketchanet accepts input sizes 225..248, got 300"
 

@@ -8,6 +8,8 @@ import pytest
 import binarize
 import main
 import models
+import models.__main__ as models_cli
+import models.sdbnn
 import opts
 from launch import build
 from original_commands import LINES, argv_for, classes_of, dataset_of, tiny_data
@@ -186,6 +188,12 @@ def test_cifar_is_read_at_its_native_size_with_a_note_when_asked_otherwise(argv,
 ROUND_TRIPS = [
     [],
     ["--model_def", "resnet20_1w1a", "--binarizer", "sdbnn", "--epochs", "5", "--lr", "0.1", "--cuda", "False"],
+    ["--model_def", "birealnet18", "--binarizer", "sdbnn", "--weightBackward", "ste", "--actBackward", "approxsign"],
+    ["--model_def", "birealnet18", "--binarizer", "sdbnn", "--no-binaryWeight", "--actBackward", "approxsign"],
+    ["--model_def", "resnet20_1w1a", "--binarizer", "sdbnn", "--binInputs", "none", "--edeTmax", "5"],
+    ["--model_def", "resnet20_1w1a", "--actBackward", "ede", "--edeTmin", "0.01", "--binarizer", "xnor"],
+    ["--model_def", "sketchanet"],
+    ["--model_def", "birealnet18", "--backward", "ede"],
     ["--model_def", "sketchanethybrid", "--binInputs", "none", "--binLayers", "2-4,6", "--no-tensorboard"],
     ["--model_def", "sketchanetwbin", "--no-binaryWeight", "--weight_init", "--testOnly", "--resume", "x.pth"],
     ["--dataset", "cifar10", "--model_def", "bincifar", "--inpsize", "225", "--bnnModel", "--binStart", "3"],
@@ -209,3 +217,150 @@ def test_to_argv_gives_flags_that_resolve_to_the_same_options(argv):
 def resolved(options):
     """The options without the aliases whose value went into another option (--lr into maxlr, ...)."""
     return {k: v for k, v in options.items() if k not in ("lr", "cuda", "testOnly", "bnnModel")}
+
+
+def test_to_argv_leaves_out_what_changed_options_make_meaningless():
+    # The hybrid planner keeps a run's recipe and changes its binarized inputs: with none left, the activation
+    # options it had would be refused by parse, so they are not written.
+    source = vars(opts.parse(["--model_def", "resnet20_1w1a", "--binarizer", "dab", "--binActivation", "asd",
+                              "--actBackward", "ede", "--weightShift", "wsd"]))
+    flags = opts.to_argv(dict(source, binInputs=[]))
+    assert "--binActivation" not in flags and "--actBackward" not in flags and "--edeTmin" not in flags
+    again = vars(opts.parse(flags))
+    assert (again["binInputs"], again["actBackward"], again["weightShift"], again["weightBackward"]) == \
+        ([], None, "wsd", "ste")
+
+
+# ------------------------------------------------------------------ a backward rule per binarized part
+
+def _rules(argv):
+    """The weight and input binarizers of the network ``argv`` builds, as sets of (class, rule[, shift])."""
+    args = opts.parse(argv)
+    model = build.build_network(args, 10, 3)
+    weights = {(type(b).__name__, b.surrogate.name, b.shift is not None) for *_, b in binarize.binarized_layers(model)}
+    inputs = {(type(b).__name__, b.surrogate.name) for *_, b in binarize.input_binarizers(model)}
+    return weights, inputs, opts.uses_ede(vars(args))
+
+
+SDBNN_IMAGENET = ["--model_def", "birealnet18", "--binarizer", "sdbnn", "--actBackward", "approxsign"]
+
+
+@pytest.mark.parametrize("argv,weights,inputs,ede", [
+    # SD-BNN's CIFAR recipe: EDE for both parts
+    (["--model_def", "resnet20_1w1a", "--binarizer", "sdbnn"], {("Sign", "ede", True)}, {("ASD", "ede")}, True),
+    # its ImageNet Bi-Real recipe: clipped STE on the WSD-shifted weight, ApproxSign on the ASD-shifted activation
+    (SDBNN_IMAGENET + ["--weightBackward", "ste"], {("Sign", "ste", True)}, {("ASD", "approxsign")}, False),
+    (SDBNN_IMAGENET + ["--no-binaryWeight"], set(), {("ASD", "approxsign")}, False),  # its stage 1
+    (["--model_def", "resnet20_1w1a", "--binarizer", "sign", "--weightBackward", "ede"], {("Sign", "ede", False)},
+     {("BinActive", "ste")}, True),
+    (["--model_def", "sketchanetfbin", "--actBackward", "ede"], {("DAB", "ste", False)}, {("BinActive", "ede")}, True),
+    (["--model_def", "sketchanetfbin", "--backward", "ede", "--actBackward", "ste"], {("DAB", "ede", False)},
+     {("BinActive", "ste")}, True),  # an explicit part flag wins over --backward
+    (["--model_def", "birealnet18", "--backward", "ede"], {("DAB", "ede", False)}, {("ApproxSign", "approxsign")},
+     True),  # the approxsign activation keeps its own rule
+    (["--model_def", "birealnet18"], {("DAB", "ste", False)}, {("ApproxSign", "approxsign")}, False),
+])
+def test_each_binarized_layer_gets_the_backward_rule_of_its_part(argv, weights, inputs, ede):
+    assert _rules(argv) == (weights, inputs, ede)
+
+
+def test_the_ede_schedule_runs_when_only_the_inputs_use_ede(tmp_path, monkeypatch, capsys):
+    calls = []
+    real = binarize.set_ede
+    monkeypatch.setattr(binarize, "set_ede", lambda model, t, k: calls.append(real(model, t, k)) or calls[-1])
+    argv = ["--model_def", "resnet20_1w1a", "--actBackward", "ede", "--inpsize", "8", "--epochs", "1",
+            "--batch-size", "256", "--testbatchsize", "256", "--workers", "0", "--no-tensorboard",
+            "--logdir", str(tmp_path / "logs"), "--store", str(tmp_path / "ckpt")]
+    assert main.main(argv) == 0
+    assert calls == [18]  # one epoch: EDE set on the 18 activation binarizers, none on the (STE) weights
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("note: resnet20_1w1a is an SD-BNN model")  # the run says it first
+
+
+# ------------------------------------------------------------------ explicit options without effect
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model_def", "sketchanet", "--binarizer", "xnor"],
+     "--binarizer xnor has no effect: sketchanet trains with real weights (--binaryWeight binarizes them)"),
+    (["--model_def", "sketchanetwbin", "--binActivation", "asd"],
+     "--binActivation asd has no effect: sketchanetwbin has no binarized inputs (--binInputs LIST gives it some)"),
+    (["--weightShift", "wsd", "--no-binaryWeight"],
+     "--weightShift wsd has no effect: --no-binaryWeight keeps the weights real"),
+    (["--model_def", "sketchanet", "--bnnModel"], "--bnnModel has no effect: sketchanet trains with real weights"),
+    (["--model_def", "resnet20_fp", "--binarizer", "sdbnn"], "--binarizer sdbnn has no effect: resnet20_fp trains "
+                                                             "with real weights"),
+    (["--model_def", "resnet20_1w1a", "--binInputs", "none", "--actBackward", "ede"],
+     "--actBackward ede has no effect: --binInputs none keeps every input real"),
+    (["--model_def", "sketchanetwbin", "--no-binaryWeight", "--weightBackward", "ede"],
+     "--weightBackward ede has no effect: --no-binaryWeight keeps the weights real"),
+    (["--model_def", "sketchanetfbin", "--backward", "ede", "--weightBackward", "ste", "--actBackward", "ste"],
+     "--backward ede has no effect: --weightBackward sets the weights' rule, and --actBackward sets the inputs'"),
+    (SDBNN_IMAGENET[:2] + ["--backward", "ede", "--no-binaryWeight"],
+     "--backward ede has no effect: --no-binaryWeight keeps the weights real, and the approxsign activation keeps"),
+    (["--edeTmin", "0.01"], "--edeTmin 0.01 has no effect: no binarized part uses EDE"),
+    (["--model_def", "resnet20_1w1a", "--edeTmax", "5", "--weightBackward", "ste"], "--edeTmax 5.0 has no effect"),
+    (["--model_def", "birealnet18", "--actBackward", "ede"],
+     "the approxsign activation is sign with Bi-Real's backward and takes no --actBackward ede"),
+])
+def test_an_explicit_option_without_effect_is_a_one_line_error(argv, message, tmp_path, capsys):
+    with pytest.raises(opts.UsageError) as refused:  # first here: a run that trains would take minutes
+        opts.parse(argv)
+    assert message in str(refused.value)
+    assert main.main(argv + ["--logdir", str(tmp_path / "logs"), "--store", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err and not (tmp_path / "logs").exists()
+
+
+def test_the_same_values_as_defaults_are_no_error():
+    args = opts.parse(["--model_def", "sketchanet"])
+    assert (args.binarizer, args.binaryWeight, args.backward, args.weightBackward, args.actBackward) == \
+        ("dab", False, None, None, None)
+    assert opts.parse(["--model_def", "sketchanetwbin", "--binarizer", "xnor", "--backward", "ede"]).backward == "ede"
+    stage1 = opts.parse(SDBNN_IMAGENET + ["--no-binaryWeight"])  # the preset acts through the inputs alone
+    assert (stage1.binarizer, stage1.binActivation, stage1.weightBackward, stage1.actBackward) == \
+        ("sign", "asd", None, "approxsign")
+
+
+# ------------------------------------------------------------------ SD-BNN's models on the digits
+
+SDBNN_MODELS = sorted(models.sdbnn.VARIANTS)
+SDBNN_BINARY = [name for name in SDBNN_MODELS if models.sdbnn.VARIANTS[name][1]]
+
+
+@pytest.mark.parametrize("name", SDBNN_BINARY)
+def test_an_sdbnn_model_at_the_defaults_says_so_and_gives_a_digits_recipe(name):
+    notes = []
+    opts.parse(["--model_def", name], notes=notes)
+    recipe = models_cli.digits_recipe(name)
+    assert len(notes) == 1 and notes[0].startswith(f"note: {name} is an SD-BNN model")
+    assert "near chance" in notes[0] and notes[0].endswith("python main.py " + " ".join(recipe))
+    quiet = []
+    args = opts.parse(recipe, notes=quiet)  # the recipe itself: no note, SD-BNN's conv, cosine Adam at 32 px
+    assert quiet == [] and (args.binarizer, args.optimType, args.learningratescheduler) == ("sign", "adam", "cosine")
+    assert (args.inpsize, args.epochs, args.batch_size, args.maxlr) == (32, 10, 32, 5e-3)
+    opts.parse(["--model_def", name, "--epochs", "10"], notes=quiet)
+    assert len(quiet) == 1  # one recipe flag is not the recipe
+    elsewhere = []
+    opts.parse(["--model_def", name, "--dataset", "tuberlin"], notes=elsewhere)
+    assert elsewhere == []  # the note is about the digits
+
+
+def test_no_digits_note_for_other_models_or_real_sdbnn_twins():
+    for argv in (["--model_def", "sketchanetfbin"], ["--model_def", "resnet20_fp"],
+                 ["--model_def", "resnet20_1w1a", "--no-binaryWeight", "--binInputs", "none"]):
+        notes = []
+        opts.parse(argv, notes=notes)
+        assert notes == [], argv
+
+
+@pytest.mark.parametrize("name", SDBNN_MODELS + ["sketchanetfbin"])
+def test_python_m_models_shows_the_digits_recipe_of_each_sdbnn_model(name, capsys):
+    assert models_cli.main([name]) == 0
+    out = capsys.readouterr().out
+    recipe = models_cli.digits_recipe(name)
+    if name not in SDBNN_MODELS:
+        assert recipe is None and "digits recipe" not in out
+        return
+    assert out.splitlines()[-1].endswith("python main.py " + " ".join(recipe))
+    assert ("--binarizer sdbnn" in out) == (name in SDBNN_BINARY)
+    assert opts.parse(recipe).model_def == name

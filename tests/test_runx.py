@@ -15,13 +15,14 @@ import pytest
 
 import models
 import opts
+from conftest import subprocess_timeout
 
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = dict(TUBERLIN_DIR="/data/tub", SKETCHY_DIR="/data/sketchy", CIFAR10_DIR="/data/cifar",
             IMAGENET_DIR="/data/imagenet")
-TIMEOUT = 120
+TIMEOUT = 5  # seconds (reference machine, see conftest.subprocess_timeout) one runx.sh call may take
 # A stand-in for python3 and torchrun: one line per call in $CALLS; as the planner, it prints a plan.
 FAKE = """#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$CALLS"
@@ -41,7 +42,7 @@ def _env(**extra):
 
 def runx(*argv, cwd=ROOT, **env):
     return subprocess.run(["bash", os.path.join(cwd, "runx.sh"), *argv], cwd=cwd, env=_env(**env),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+                          capture_output=True, text=True, timeout=subprocess_timeout(TIMEOUT))
 
 
 @pytest.fixture
@@ -80,10 +81,12 @@ def test_every_run_is_listed_once_and_every_command_resolves_to_its_model():
         args = opts.parse(argv[2:])
         info = models.model_info(args.model_def)
         assert args.resume == "auto" and args.epochs >= 256, args.name
-        if info.variant == "1w1a":  # SD-BNN's binary conv
-            assert (args.binarizer, args.weightShift, args.binActivation, args.backward) == \
-                ("sign", "wsd", "asd", "ede"), args.name
+        if info.variant == "1w1a":  # SD-BNN's binary conv: EDE on CIFAR-10, Bi-Real's rules on ImageNet
+            assert (args.binarizer, args.weightShift, args.binActivation) == ("sign", "wsd", "asd"), args.name
             assert args.binaryWeight == ("stage1" not in args.name), args.name
+            imagenet = args.dataset == "imagenet12"
+            assert args.weightBackward == (None if "stage1" in args.name else "ste" if imagenet else "ede")
+            assert args.actBackward == ("approxsign" if imagenet else "ede"), args.name
         if args.name == "imagenet_birealnet18_stage2":
             assert args.pretrained_file.endswith("stage1/last.pth") and args.teacher.endswith("teacher/best.pth")
         if args.name.startswith(("tuberlin_", "sketchy_")):  # the paper's grid: <dataset>_<family><variant>_<binarizer>
@@ -95,6 +98,32 @@ def test_every_run_is_listed_once_and_every_command_resolves_to_its_model():
             assert (args.inpsize, args.binLayers) == (info.default_inpsize, list(info.bin_layers)), args.name
             if args.binaryWeight:
                 assert args.binarizer == args.name.rsplit("_", 1)[1]
+
+
+def test_each_binarized_layer_of_the_sdbnn_runs_has_its_recipes_backward_rule():
+    import binarize
+    from launch import build
+    done = runx("all", DRYRUN="1", **DATA)
+    runs = {argv[argv.index("--name") + 1]: opts.parse(argv[2:]) for argv in _commands(done.stdout)}
+    expected = {  # run -> (weight binarizers, input binarizers) as {(class, rule)}
+        "cifar10_resnet20_sdbnn": ({("Sign", "ede")}, {("ASD", "ede")}),
+        "cifar10_vgg_small_sdbnn": ({("Sign", "ede")}, {("ASD", "ede")}),
+        "cifar10_resnet18_sdbnn": ({("Sign", "ede")}, {("ASD", "ede")}),
+        "imagenet_birealnet18_stage1": (set(), {("ASD", "approxsign")}),
+        "imagenet_birealnet18_stage2": ({("Sign", "ste")}, {("ASD", "approxsign")}),
+    }
+    for name, (weights, inputs) in expected.items():
+        args = runs[name]
+        model = build.build_network(args, 10, 3)
+        info = models.model_info(args.model_def)
+        weight_rows = binarize.binarized_layers(model)
+        input_rows = binarize.input_binarizers(model)
+        assert [i for i, *_ in weight_rows] == (list(info.bin_layers) if weights else []), name
+        assert [i for i, *_ in input_rows] == list(info.binary_inputs), name
+        assert {(type(b).__name__, b.surrogate.name) for *_, b in weight_rows} == weights, name
+        assert all(b.shift is not None for *_, b in weight_rows), name  # WSD on every binarized weight
+        assert {(type(b).__name__, b.surrogate.name) for *_, b in input_rows} == inputs, name
+        assert opts.uses_ede(vars(args)) == name.startswith("cifar10"), name
 
 
 def test_a_name_lookup_never_fails_under_pipefail():
