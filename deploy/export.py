@@ -4,6 +4,7 @@
     model, config = load_export("sketchanet.safetensors")          # rebuilt from the file alone, in eval
     model, config, report = deploy.packed.load_packed("sketchanetfbin.safetensors")  # AND + popcount convs
     load_export_into(model, "sketchanet.safetensors")               # into a model built from the same flags
+    config = read_config("sketchanet.safetensors")                  # the header alone (model_def, inpsize, ...)
 
 The file is a .safetensors file. Each binarized conv ``name`` is stored as its two-value code
 ``W = beta + (alpha - beta) * e`` per filter:
@@ -46,7 +47,7 @@ import models
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "ExportError", "DABInferenceConv2d", "export_model", "load_export", "load_export_into",
-           "layer_code", "read_export", "pack_bits", "unpack_bits"]
+           "layer_code", "read_export", "read_config", "is_export", "pack_bits", "unpack_bits"]
 
 FORMAT = "dabnet-packed-1bit/1"  # the tag every export carries since the first one; changing it orphans them
 RESERVED = ("format", "dabnet_version", "layers", "sha256", "bin_inputs", "activations")
@@ -159,6 +160,9 @@ def export_model(model, path, config):
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as checkpoints: mkstemp's 0600 would make exports private to their writer
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -169,25 +173,26 @@ def export_model(model, path, config):
     return dict(bytes=size, fp32_bytes=fp32, ratio=fp32 / size, layers=len(layers))
 
 
-def read_export(path):
-    """``(tensors, config, layers)`` of a verified export; one-line :class:`ExportError` otherwise."""
+def _open(path, tensors=True):
+    """``(header, tensors or None)`` of the safetensors file at ``path``; ExportError if it is none."""
     if not os.path.isfile(path):
         raise ExportError(f"export {path!r} does not exist; give a .safetensors file written by --export")
     from safetensors import safe_open
     try:
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            return header, {key: f.get_tensor(key) for key in f.keys()} if tensors else None
     except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"export {path!r} is truncated or not a safetensors file ({reason}); "
                           f"export the checkpoint again") from None
+
+
+def _config(path, header):
+    """``(config, layers)`` decoded from an export's header."""
     if header.get("format") != FORMAT:
         raise ExportError(f"{path!r} is a safetensors file but not a dabnet export (format "
                           f"{header.get('format')!r}, expected {FORMAT!r})")
-    if header.get("sha256") != _digest(tensors, header):
-        raise ExportError(f"export {path!r} fails its sha256 check (the file was changed after export); "
-                          f"export the checkpoint again")
     try:
         layers = json.loads(header["layers"])
         config = {k: json.loads(v) for k, v in header.items() if k not in RESERVED}
@@ -197,6 +202,33 @@ def read_export(path):
     except (KeyError, ValueError) as exc:
         raise ExportError(f"export {path!r} has a corrupt header ({exc})") from None
     config["dabnet_version"] = header.get("dabnet_version")
+    return config, layers
+
+
+def is_export(path):
+    """Whether ``path`` is a file in the export format (its header names the format; nothing is verified)."""
+    try:
+        header, _ = _open(path, tensors=False)
+    except ExportError:
+        return False
+    return header.get("format") == FORMAT
+
+
+def read_config(path):
+    """The config in the header of the export at ``path`` (model_def, num_classes, in_channels, inpsize,
+    binarized layers, ...), read without the tensors; the file is verified when it is loaded
+    (:func:`read_export`). ExportError for a file that is not an export."""
+    header, _ = _open(path, tensors=False)
+    return _config(path, header)[0]
+
+
+def read_export(path):
+    """``(tensors, config, layers)`` of a verified export; one-line :class:`ExportError` otherwise."""
+    header, tensors = _open(path)
+    config, layers = _config(path, header)
+    if header.get("sha256") != _digest(tensors, header):
+        raise ExportError(f"export {path!r} fails its sha256 check (the file was changed after export); "
+                          f"export the checkpoint again")
     for name, layer in layers.items():
         _check_layer(path, tensors, name, layer)
     return tensors, config, layers
@@ -242,12 +274,17 @@ def load_export_into(model, path, *, keep_latent=False):
     exactly: the forward re-solves it, and the re-solved group means differ from the stored ones by float
     rounding. So by default its parametrization is removed and the decoded weight becomes a fixed plain
     weight: the forward reproduces the exported model exactly (for evaluation). ``keep_latent=True``
-    instead keeps the parametrization and sets the latent to the decoded code, for fine-tuning from an
-    export (the first forward then matches only up to that rounding; the binarizer's own parameters, not
-    stored in an export, keep their values). Raises ExportError if the export does not fit ``model``.
+    instead keeps the parametrization and sets the latent to the decoded code, projected as every training
+    step leaves a latent (centred over input channels and clamped, where the binarizer projects), for
+    fine-tuning from an export: training starts from a latent it could have reached, and the first forward
+    matches the export only approximately (the binarizer's own parameters, not stored in an export, keep
+    their values). Raises ExportError if the export does not fit ``model``.
     """
     tensors, _, layers = read_export(path)
-    return _load_state(model, path, tensors, layers, keep_latent)
+    _load_state(model, path, tensors, layers, keep_latent)
+    if keep_latent:
+        binarize.project_latent_(model)
+    return model
 
 
 def _load_state(model, path, tensors, layers, keep_latent, assign=False):

@@ -29,12 +29,18 @@ ARCH_KEYS = ("model_def", "binaryWeight", "binLayers", "binarizer", "weightShift
 AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def choose_device(args):
-    """``(device, amp dtype or None)``; UsageError for what this machine cannot do."""
-    if args.device == "cuda" and not torch.cuda.is_available():
+def choose_device(args, cuda_available=None):
+    """``(device, amp dtype or None)``; UsageError for what this machine cannot do. ``cuda_available``
+    (default: ``torch.cuda.is_available()``) says whether this machine has CUDA. ``--packed on`` runs on
+    the CPU (its convs are CPU kernels); ``--packed auto`` runs where ``--device`` says (dense on a GPU)."""
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if args.device == "cuda" and not cuda:
         raise UsageError("CUDA was asked for (--device cuda / --cuda) but is not available; use --device cpu")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    packed = getattr(args, "packed", "off")
+    if packed == "on" and args.device == "cuda":
+        raise UsageError("--packed on runs its XNOR/popcount convs on the CPU, not on CUDA; drop --device cuda "
+                         "(or --cuda), or pass --packed auto to run the model dense on the GPU")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if cuda and packed != "on" else "cpu")
     if args.ngpus > 1 and not dist.launched_by_torchrun():
         raise UsageError(f"--ngpus {args.ngpus} is replaced by torchrun: launch "
                          f"'torchrun --nproc_per_node={args.ngpus} main.py ...' instead")
@@ -85,6 +91,13 @@ def check_model(args):
     for path in (args.pretrained_file, args.teacher):
         if path and not os.path.isfile(path):
             raise UsageError(f"{path!r} does not exist; give the path of a checkpoint (.pth) or export (.safetensors)")
+    if args.teacher and not args.teacherModel:
+        from deploy.export import is_export
+        if is_export(args.teacher):
+            raise UsageError(f"--teacher {args.teacher!r} is an export (the 1-bit model of --export); --teacher "
+                             f"takes a checkpoint (.pth) written by main.py, or with --teacherModel a torchvision "
+                             f"state_dict; an export is read by --pretrained_file (to fine-tune or evaluate it) and by "
+                             f"--evaluate --packed")
 
 
 def load_data(args):
@@ -108,12 +121,12 @@ def build_network(args, num_classes, in_channels, *, init=None):
     try:
         model = models.build_model(args.model_def, num_classes, in_channels,
                                    init=args.weight_init if init is None else init, bin_inputs=args.binInputs)
-        swap = args.binActivation != models.model_info(args.model_def).activation or args.backward != "ste"
-        if swap and binarize.input_binarizers(model):
-            binarize.binarize_inputs(model, args.binActivation,
-                                     backward=None if args.binActivation == "approxsign" else args.backward)
+        weight_rule, act_rule = opts.backward_rules(args)
+        slots = binarize.input_binarizers(model)
+        if any(b.name != args.binActivation or b.surrogate.name != act_rule for *_, b in slots):
+            binarize.binarize_inputs(model, args.binActivation, backward=act_rule)
         if args.binaryWeight:
-            binarize.binarize_weights(model, layers=args.binLayers, method=args.binarizer, backward=args.backward,
+            binarize.binarize_weights(model, layers=args.binLayers, method=args.binarizer, backward=weight_rule,
                                       shift=args.weightShift)
     except ValueError as exc:
         raise UsageError(f"{args.model_def}: {exc}") from None
@@ -254,9 +267,13 @@ def load_pretrained(model, args, say):
     architecture (stage 1 -> stage 2 of two-stage training), or an export (.safetensors)."""
     path = args.pretrained_file
     if path.endswith(".safetensors"):
-        from deploy.export import ExportError, load_export_into
+        from deploy.export import ExportError, load_export_into, read_config
         try:
-            # Evaluation takes the exported code as is; training keeps the layers binarized.
+            held = read_config(path).get("model_def")
+            if held not in (None, args.model_def):
+                raise ExportError(f"export {path!r} holds a {held}, not a {args.model_def}; pass --model_def {held} "
+                                  f"or another export")
+            # Evaluation takes the exported code as is; training keeps the layers binarized (latents projected).
             load_export_into(model, path, keep_latent=not args.evaluate)
         except ExportError as exc:
             raise UsageError(str(exc)) from None
@@ -271,10 +288,12 @@ def load_pretrained(model, args, say):
         load_model_state(model, adapted, path)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
-    layers = {name: (m, b) for _, name, m, b in binarize.binarized_layers(model)}
-    for name in newly:  # real weights that became latents: project them as binarization does when attached
-        module, binarizer = layers[name]
-        binarizer.project_(module.parametrizations.weight.original)
+    # Latents that came from a real weight or from another binarizer were never projected by this one:
+    # project them now, as binarization does when attached and every training step does after.
+    was = saved.get("binarizer") if saved.get("binaryWeight", True) else None
+    for _, name, module, binarizer in binarize.binarized_layers(model):
+        if name in newly or was != binarizer.method:
+            binarizer.project_(module.parametrizations.weight.original)
     for note in notes:
         say(f"note: {path}: {note}")
 
@@ -286,7 +305,7 @@ def resolved_facts(args, model, bundle, world):
     ``model`` is the built network (before any DDP wrapper): the binarized convs are read from it, not from
     the flags. Keys: ``model_def``, ``family``, ``variant``, ``label`` (the registry's); ``weights_binarized``,
     ``binarized_convs`` (1-based conv indices), ``binarized_linears`` (module names), ``weight_binarizer``,
-    ``weight_shift``; ``inputs_binarized``, ``binarized_input_convs``, ``activation_binarizer``; ``backward``
+    ``weight_shift``; ``inputs_binarized``, ``binarized_input_convs``, ``activation_binarizer``; ``weight_backward``, ``act_backward`` (each part's rule) and ``backward``
     (None where nothing is binarized); ``world_size``, ``dataset``, ``inpsize``, ``num_classes``,
     ``in_channels``, ``data_fingerprint`` (:func:`data_fingerprint`) and ``code_version``
     (:func:`code_version`).
@@ -304,6 +323,8 @@ def resolved_facts(args, model, bundle, world):
         inputs_binarized=inputs, binarized_input_convs=input_convs,
         activation_binarizer=args.binActivation if inputs else None,
         backward=args.backward if weights or inputs else None,
+        weight_backward=args.weightBackward if weights else None,
+        act_backward=args.actBackward if inputs else None,
         world_size=int(world), dataset=args.dataset, inpsize=args.inpsize, num_classes=bundle.num_classes,
         in_channels=bundle.num_channels, data_fingerprint=data_fingerprint(bundle), code_version=code_version())
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from deploy.kernels import WORD, PackedUnavailable, require_kernels
+from conftest import PYTHON_START, subprocess_timeout
 
 pytest.importorskip("numba")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +72,7 @@ except PackedUnavailable as exc:
 @pytest.mark.slow
 def test_without_numba_the_kernels_are_refused_in_one_line():
     done = subprocess.run([sys.executable, "-c", WITHOUT_NUMBA], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=subprocess_timeout(PYTHON_START))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["True packed inference needs numba: pip install numba, or pass --packed "
                                         "auto to run the model dense"]

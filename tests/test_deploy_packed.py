@@ -27,6 +27,7 @@ import binarize
 import models
 from deploy.export import ExportError, export_model, load_export, read_export
 from deploy.packed import PackedConv2d, PackedError, PreSign, load_packed, pack_model, report_line
+from conftest import PYTHON_START, subprocess_timeout
 
 pytest.importorskip("numba")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -460,7 +461,7 @@ def test_without_numba(tmp_path):
     """Where numba is missing, a packed conv or load is refused in one line and the fallback runs dense."""
     path = export(build("sketchanetfbin"), "sketchanetfbin", tmp_path)
     done = subprocess.run([sys.executable, "-c", WITHOUT_NUMBA, path], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=subprocess_timeout(PYTHON_START + 5))
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert len(lines) == 3, done.stdout

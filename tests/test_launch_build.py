@@ -249,3 +249,87 @@ def test_saved_flags_fill_in_what_an_older_checkpoint_lacks():
                              "dataset": "tuberlin", "backward": None}
     with pytest.raises(UsageError, match="known --model_def"):
         build.read_saved_args({"args": {"model_def": "nosuchnet"}}, "x.pth")
+
+
+# -- evaluation honours the stored configuration; latents are projected at load; exports are named as such
+
+
+def given_of(argv):
+    """The options ``argv`` gives on the command line, as their dests."""
+    flags = {s: a.dest for a in opts.get_parser()._actions for s in a.option_strings}
+    return {flags[t.split("=")[0]] for t in argv if t.split("=")[0] in flags}
+
+
+def planned_run(argv, capsys):
+    """Plan ``argv`` and run it with the options of the plan (as main.main does); returns the output."""
+    from launch.folders import plan_folders
+    plan = plan_folders(opts.parse(argv), given_of(argv))
+    capsys.readouterr()
+    assert main.execute(plan.options, plan, torch.device("cpu"), None, None, plan.notes) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A resnet20_1w1a trained one epoch at 16 px (its default is 32), and the data flags it was trained with."""
+    root = tmp_path_factory.mktemp("small")
+    data = str(split_tree(root / "data", ["cat", "dog", "fish"], train_per_class=4, val_per_class=3,
+                          subdir="tuberlin", size=16))
+    common = ["--dataset", "tuberlin", "--data_dir", data, "--testbatchsize", "4", "--workers", "0"]
+    assert main.main(common + ["--model_def", "resnet20_1w1a", "--inpsize", "16", "--epochs", "1", "--batch-size",
+                               "4", "--logdir", str(root / "logs"), "--store", str(root / "ckpt"), "--name", "s"]) == 0
+    return root, common
+
+
+def test_evaluate_takes_the_model_and_size_from_the_checkpoint_or_the_export(small, capsys):
+    root, common = small
+    last = str(root / "ckpt" / "last.pth")
+    out = planned_run(common + ["--evaluate", "--resume", last], capsys)
+    assert "resnet20_1w1a (" in out and "16x16" in out
+    resumed = next(re.sub(r"\s+", " ", l) for l in out.splitlines() if l.startswith("val: loss"))
+    with pytest.raises(UsageError) as info:
+        planned_run(common + ["--evaluate", "--resume", last, "--inpsize", "32"], capsys)
+    assert "--inpsize 32 was given but" in str(info.value) and "--inpsize 16" in str(info.value)
+    export = str(root / "s.safetensors")
+    assert main.main(["--export", export, "--resume", last]) == 0
+    out = planned_run(common + ["--evaluate", "--pretrained_file", export], capsys)
+    assert "resnet20_1w1a (" in out and "16x16" in out
+    assert next(re.sub(r"\s+", " ", l) for l in out.splitlines() if l.startswith("val: loss")) == resumed
+
+
+def test_pretrained_latents_of_another_binarizer_are_projected_at_load(tmp_path):
+    sign = opts.parse(["--model_def", "resnet20_1w1a", "--inpsize", "16", "--binarizer", "sign"])
+    torch.manual_seed(0)
+    model = build.build_network(sign, 3, 1)
+    with torch.no_grad():  # sign never projects its latents: they may sit anywhere
+        for _, _, conv, _ in binarize.binarized_layers(model):
+            conv.parametrizations.weight.original.copy_(3 * torch.randn_like(conv.parametrizations.weight.original))
+    path = tmp_path / "sign.pth"
+    torch.save(dict(model=model.state_dict(), args=vars(sign), num_classes=3, in_channels=1), path)
+    dab = opts.parse(["--model_def", "resnet20_1w1a", "--inpsize", "16", "--binarizer", "dab", "--pretrained_file",
+                      str(path)])
+    target = build.build_network(dab, 3, 1)
+    build.load_pretrained(target, dab, lambda *a, **k: None)
+    raw = model.state_dict()
+    layers = binarize.binarized_layers(target)
+    assert len(layers) == 18
+    for _, name, conv, binarizer in layers:  # each latent is the stored one, projected as dab projects
+        expected = raw[f"{name}.parametrizations.weight.original"].clone()
+        binarizer.project_(expected)
+        assert torch.equal(conv.parametrizations.weight.original, expected)
+        assert conv.parametrizations.weight.original.abs().max() <= 1
+
+
+def test_an_export_given_as_teacher_is_named_as_an_export(tmp_path):
+    from deploy.export import export_model
+    args = opts.parse(["--model_def", "resnet20_1w1a", "--inpsize", "16"])
+    path = str(tmp_path / "t.safetensors")
+    export_model(build.build_network(args, 3, 1), path, dict(model_def="resnet20_1w1a", num_classes=3, in_channels=1))
+    with pytest.raises(UsageError) as info:
+        build.check_model(opts.parse(["--model_def", "resnet20_1w1a", "--inpsize", "16", "--teacher", path]))
+    message = str(info.value)
+    assert "is an export" in message and "--pretrained_file" in message and "--evaluate --packed" in message
+    # fine-tuning from it with another model names the model the export holds, not --binaryWeight
+    other = opts.parse(["--model_def", "vgg_small_1w1a", "--pretrained_file", path])
+    with pytest.raises(UsageError, match="holds a resnet20_1w1a, not a vgg_small_1w1a; pass --model_def resnet20_1w1a"):
+        build.load_pretrained(build.build_network(other, 3, 1), other, print)
