@@ -6,9 +6,11 @@
 
 The script of a run: parse the flags -> plan the run folders and what to resume -> read the data ->
 build the network and load its weights -> evaluate only, or fit (per epoch: learning rate and EDE
-settings, train, evaluate, checkpoint, log) -> report. Bad input ends with one line on stderr and exit
+settings, train, evaluate, log, checkpoint) -> report. Bad input ends with one line on stderr and exit
 status 2 before anything is written; SIGTERM, SIGUSR1 and Ctrl-C end a run after the current step
 with a checkpoint (exit status 128 + the signal number), from which ``--resume auto`` continues exactly.
+A crash at any other point (kill -9, a full disk) leaves files from which ``--resume auto`` ends the run
+with every epoch logged once and best.pth holding the best epoch, as an uninterrupted run would.
 """
 
 import math
@@ -53,11 +55,12 @@ def main(argv=None):
         except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, message already printed)
             return exc.code if isinstance(exc.code, int) else 2
         device, amp = build.choose_device(args)
+        given = opts.given_options(argv)
         if args.summary or args.export:
-            return run_model_tool(args)
-        plan = plan_folders(args)
+            return run_model_tool(args, given)
+        plan = plan_folders(args, given)  # the options the run uses: the command's, completed from its checkpoint
         with StopRequest() as stop:
-            return execute(args, plan, device, amp, stop, notes)
+            return execute(plan.options, plan, device, amp, stop, notes + plan.notes)
     except (UsageError, CheckpointError) as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
@@ -163,7 +166,8 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
         args=recorded, facts=facts, num_classes=bundle.num_classes, in_channels=bundle.num_channels,
         classes=list(bundle.classes)))
     start, step, best = starting_point(args, plan, ckpt)
-    if start >= args.epochs:  # a finished run asked to go on: leave its folders as they are
+    reporting = start >= args.epochs and report_missing(args, plan, start, device)
+    if start >= args.epochs and not reporting:  # a finished run asked to go on: leave its folders as they are
         say(f"nothing to train: {plan.resume_path} is at epoch {start} of {args.epochs}")
         return 0
     teacher = build.load_teacher(args, bundle.num_classes, bundle.num_channels, device)
@@ -172,11 +176,16 @@ def fit(args, plan, bundle, model, net, loaders, device, amp, stop, say):
     training = Training(model, net, train_loader, val_loader, batches, loss_fn, optimizer, scaler, device, amp,
                         stop, ckpt, logger, say)
     try:
+        if reporting:
+            say(f"{plan.resume_path} is at epoch {start} of {args.epochs} but the run stopped before its final "
+                f"report: writing it")
+            return finish(args, training, best, evaluate(model, val_loader, nn.NLLLoss(), device, amp=amp,
+                                                         channels_last=args.channelsLast))
+        if not resumes_own_last(args, plan):  # every log row needs a last.pth behind it: see train_epochs
+            ckpt.begin(start, step, best, resumed=plan.state)
         return train_epochs(args, plan, training, start, step, best)
     except LossNotFinite as exc:
-        kept = f"the last good checkpoint is kept at {plan.last_path}" if os.path.exists(plan.last_path) else \
-            "no checkpoint was written yet"
-        say(f"stopped: {exc}; {kept}", file=sys.stderr)
+        say(f"stopped: {exc}; the last good checkpoint is kept at {plan.last_path}", file=sys.stderr)
         return 1
     finally:
         logger.close()
@@ -191,6 +200,20 @@ def starting_point(args, plan, ckpt):
     if args.start_epoch is not None:
         start, step = args.start_epoch, 0
     return start, step, best
+
+
+def resumes_own_last(args, plan):
+    """Whether the run starts where its own last.pth is (resumed from it, without --start-epoch)."""
+    return (plan.state is not None and args.start_epoch is None
+            and os.path.realpath(plan.resume_path) == os.path.realpath(plan.last_path))
+
+
+def report_missing(args, plan, start, device):
+    """Whether a run resumed in its own folders at its last epoch lacks final.json: a crash after its last
+    checkpoint, before the end of the run. Decided by rank 0, for every rank."""
+    missing = (dist.is_main() and plan.continues and start == args.epochs
+               and not os.path.exists(os.path.join(plan.log_dir, "final.json")))
+    return dist.any_rank(missing, device)
 
 
 def open_logs(args, plan, recorded, facts, position, say):
@@ -231,8 +254,10 @@ def train_epochs(args, plan, t, start, step, best):
         t.say(f"epoch {epoch + 1}/{args.epochs}  lr {train_m['lr']:.2e}  train loss {train_m['loss']:.4f} "
               f"top1 {train_m['top1']:.2f}  |  val loss {metrics['loss']:.4f} top1 {metrics['top1']:.2f} "
               f"top5 {metrics['top5']:.2f}  (best {best['top1']:.2f})  {train_m['seconds']:.1f}s", flush=True)
-        t.ckpt.save(epoch + 1, 0, best, is_best=is_best)
+        # The log first: a crash while saving leaves last.pth at an earlier point, and the run resumed from it
+        # drops the rows logged after that point before it logs them again.
         t.logger.epoch(t.model, epoch + 1, train_m, metrics, best["top1"])
+        t.ckpt.save(epoch + 1, 0, best, is_best=is_best)
         if t.stop.requested(t.device):
             t.say(f"stopped by {t.stop.name} after epoch {epoch + 1}; rerun with --resume auto to continue")
             return t.stop.exit_status
@@ -245,7 +270,7 @@ def train_epoch(args, t, epoch, step, position, best):
                decayinterval=args.decayinterval, decaylevel=args.decaylevel, epochs=args.epochs)
     for group in t.optimizer.param_groups:
         group["lr"] = lr
-    ede = binarize.ede_schedule(epoch, args.epochs, args.edeTmin, args.edeTmax) if args.backward == "ede" else None
+    ede = binarize.ede_schedule(epoch, args.epochs, args.edeTmin, args.edeTmax) if opts.uses_ede(vars(args)) else None
     if ede:
         binarize.set_ede(t.net, *ede)
     seed_everything(datasets.epoch_seed(args.manualSeed, epoch) + dist.rank())

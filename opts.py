@@ -242,6 +242,9 @@ def _run_flags(g):
     g.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="continue from this checkpoint; auto: from <store>/last.pth if it exists, else start fresh")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in the run folders")
+    g.add_argument("--allowChange", nargs="+", default=None, metavar="OPTION",
+                   help="with --resume: accept a changed recorded option (batch-size, world-size, maxlr, ...); "
+                        "batch size, world size and data options only at an epoch boundary")
     g.add_argument("--saveEvery", type=int, default=0, metavar="N",
                    help="also write last.pth every N training steps (mid-epoch; 0: only after each epoch)")
     g.add_argument("--pretrained", action="store_true", help="start from the weights in --pretrained_file")
@@ -256,7 +259,7 @@ def _speed_flags(g):
                    help="CUDA autocast: bf16, or fp16 with a gradient scaler")
     g.add_argument("--channelsLast", action="store_true", help="channels-last memory format (CUDA)")
     g.add_argument("--syncBN", action="store_true", help="SyncBatchNorm across processes under torchrun")
-    g.add_argument("--packed", default="off", choices=("off", "on", "auto"),
+    g.add_argument("--packed", default="off", nargs="?", const="on", choices=("off", "on", "auto"),
                    help="evaluate an export with bit-packed XNOR/popcount convs (auto: dense where not covered)")
 
 
@@ -499,8 +502,9 @@ def _check_name(name):
                          f"no '..', no empty parts); for example --name my_run or --name sweep/run1")
 
 
-# Options that to_argv leaves out: aliases and derived values (their resolved forms are written instead).
-DERIVED = ("lr", "cuda", "testOnly", "bnnModel", "binStart", "binEnd")
+# Options that to_argv leaves out: aliases and derived values (their resolved forms are written instead),
+# and --allowChange, which belongs to one resume command, not to the recipe.
+DERIVED = ("lr", "cuda", "testOnly", "bnnModel", "binStart", "binEnd", "allowChange")
 
 
 def to_argv(options, *, skip=DERIVED):

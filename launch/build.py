@@ -370,17 +370,3 @@ def code_version():
         return described + ("-dirty" if changed else "")
     from deploy.export import __version__
     return f"dabnet {__version__}"
-
-
-# Old names, kept as plain aliases while code outside launch/ (tests of other modules) may still use them;
-# to be removed.
-data = load_data
-network = build_network
-place = place_model
-optimizer = make_optimizer
-teacher = load_teacher
-saved_args = read_saved_args
-from_checkpoint = load_checkpoint_model
-resumed = load_resumed
-pretrained = load_pretrained
-device_and_amp = choose_device

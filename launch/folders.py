@@ -5,8 +5,9 @@ written: run folders that are never overwritten by accident, the checkpoint a ru
 A run lives in two folders: ``--logdir/<name>`` (logs) and ``--store`` (checkpoints). A folder pair
 *holds a run* when the store has ``last.pth`` or ``best.pth``, or the log folder has ``final.json`` or a
 ``metrics.csv`` with at least one epoch. A new run refuses such folders (exit 2, before anything is
-written) unless ``--overwrite`` replaces them or ``--resume auto`` continues them; files left by a run
-that never checkpointed (killed in its first epoch) are cleared, so logs never mix. A resumed run
+written) unless ``--overwrite`` replaces them or ``--resume auto`` continues them. A run writes its
+starting point as ``last.pth`` before its first log row, so even a run killed in its first epoch holds a
+checkpoint that ``--resume auto`` continues; stray files without one are cleared, so logs never mix. A resumed run
 continues in the folders its checkpoint records unless ``--name``/``--logdir``/``--store`` say otherwise;
 a new ``--name`` alone gets folders of its own (the store beside the old one). ``--overwrite`` refuses to
 replace folders that hold a file the run reads (``--pretrained_file``, ``--teacher``, ``--resume``,

@@ -14,6 +14,7 @@ from matplotlib.image import imread
 
 import models
 from analysis import figures, report as rp
+from conftest import PYTHON_START, subprocess_timeout
 
 LAYERS = [(2, 16, 8), (3, 144, 8), (4, 72, 6)]  # (conv index, n, filters)
 
@@ -223,13 +224,15 @@ def test_cli_module_entry_points(tmp_path, module):
     write_run(tmp_path / "logs", "one", filters=False)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ok = subprocess.run([sys.executable, "-m", module, str(tmp_path / "logs" / "one"), "--out",
-                         str(tmp_path / "out")], cwd=repo, capture_output=True, text=True, timeout=120)
+                         str(tmp_path / "out")], cwd=repo, capture_output=True, text=True,
+                        timeout=subprocess_timeout(PYTHON_START + 5))
     assert ok.returncode == 0, ok.stderr
     assert "1 runs (1 finished, 0 unfinished)" in ok.stdout
     assert sorted(os.listdir(tmp_path / "out")) == ["comparisons.csv", "curves_train_loss.png", "curves_val_top1.png",
                                                     "results.csv", "results.md", "results_table.csv"]
     bad = subprocess.run([sys.executable, "-m", module, str(tmp_path / "missing"), "--out",
-                          str(tmp_path / "out2")], cwd=repo, capture_output=True, text=True, timeout=120)
+                          str(tmp_path / "out2")], cwd=repo, capture_output=True, text=True,
+                         timeout=subprocess_timeout(PYTHON_START + 1))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 

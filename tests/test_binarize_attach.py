@@ -264,7 +264,7 @@ def test_sdbnn_preset_and_parts_compose():
     assert (args.binarizer, args.weightShift, args.binActivation, args.backward) == ("sign", "wsd", "asd", "ede")
     args = opts.parse(["--model_def", "resnet20_1w1a", "--binarizer", "dab", "--binActivation", "asd",
                        "--backward", "ede"])
-    model = build.network(args, 10, 1)
+    model = build.build_network(args, 10, 1)
     weights = [b for *_, b in binarized_layers(model)]
     acts = [b for *_, b in input_binarizers(model)]
     assert len(weights) == 18 and all(isinstance(b, DAB) and b.surrogate.name == "ede" for b in weights)

@@ -19,6 +19,7 @@ from torchvision import transforms as v1
 
 import datasets
 from datasets.splits import stratified_folds
+from conftest import PYTHON_START, subprocess_timeout
 
 SIZE = 64      # side of the test PNGs
 INP = 40       # inpsize used with them (the code resizes the shorter side to 256 first)
@@ -605,5 +606,5 @@ def test_loader_workers_outlive_a_group_sigterm_and_never_hang_the_exit(tmp_path
     by a corrupt image."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", WORKER_EXIT.format(root=root)], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=subprocess_timeout(PYTHON_START + 3))
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tinydata import split_tree
+from conftest import PYTHON_START, subprocess_timeout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +27,9 @@ def torchrun(args, cwd):
            "--master_addr=127.0.0.1",
            os.path.join(ROOT, "main.py"), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    # Two processes on one core each: start, gloo rendezvous, one or two tiny epochs.
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=subprocess_timeout(2 * PYTHON_START + 6))
 
 
 @pytest.mark.slow

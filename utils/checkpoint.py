@@ -3,8 +3,8 @@
 A checkpoint is a dict of tensors and plain Python values: ``{epoch, step, model, optimizer, best_acc1,
 args, facts, rng, num_classes, in_channels, classes, ...}`` (``args`` the options of the run, ``facts`` what
 it resolved from them; both as the caller gives them in ``extra``). It is written to a temporary file ``.tmp-*`` in the
-same folder and moved into place with ``os.replace``, so a run killed mid-write keeps the previous
-checkpoint; a temporary file left by a kill -9 is removed at the next start
+same folder, flushed to disk and moved into place with ``os.replace`` (the folder is synced after the move), so a
+run killed mid-write keeps the previous checkpoint; a temporary file left by a kill -9 is removed at the next start
 (:func:`remove_stale_temporaries`).
 
 Loading the weights of another configuration (``--pretrained_file``: a stage-1 checkpoint with real
@@ -27,16 +27,18 @@ TEMP_PREFIX = ".tmp-"
 LATENT = ".parametrizations.weight.original"
 
 
-def atomic_save(obj, path):
-    """``torch.save`` to ``path`` through a temporary file and ``os.replace``; the old file stays on error."""
+def atomic_write(path, write):
+    """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk and move it into place with
+    ``os.replace``: a crash or an error at any point leaves the previous file (or none), never a part of the
+    new one. A kill -9 can leave the temporary file (``.tmp-*``) behind: :func:`remove_stale_temporaries`."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1] or ".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1], dir=folder)
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private to their writer
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the files private to their writer
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,10 +46,30 @@ def atomic_save(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    sync_folder(folder)
+
+
+def atomic_save(obj, path):
+    """``torch.save`` to ``path`` through :func:`atomic_write`; the old file stays on error."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def sync_folder(folder):
+    """Flush ``folder``'s entries (a file just moved into it) to disk, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and Windows) cannot sync a folder; the move itself is done
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(folder):
-    """Delete the temporary files an interrupted :func:`atomic_save` left in ``folder``; returns how many."""
+    """Delete the temporary files an interrupted :func:`atomic_write` left in ``folder``; returns how many."""
     if not os.path.isdir(folder):
         return 0
     stale = [e for e in os.listdir(folder) if e.startswith(TEMP_PREFIX)]
@@ -193,6 +215,12 @@ class TrainingCheckpoints:
     A checkpoint at step s of epoch e (``epoch`` = e epochs done, ``step`` = s) also holds what continues
     the epoch exactly: every rank's RNG states and running sums, the seconds spent, and rank 0's data
     order for the epoch (to detect data that changed since). Every rank calls :meth:`save`; rank 0 writes.
+
+    The order of the writes is what makes a crash at any point recoverable: the caller logs an epoch
+    before it saves it (a resumed run drops log rows past its checkpoint), ``best.pth`` is written before
+    ``last.pth`` (so ``last.pth`` never records a best accuracy that ``best.pth`` lacks: a run resumed
+    from it redoes the epoch and writes ``best.pth`` again), and :meth:`begin` gives a run's folder a
+    ``last.pth`` before its first log row.
     """
 
     def __init__(self, last_path, best_path, model, optimizer, scaler, batches, extra):
@@ -202,14 +230,30 @@ class TrainingCheckpoints:
     def save(self, epoch, step, best, totals=None, seconds=0.0, is_best=False):
         from utils import dist
         ranks = dist.gather_object(dict(rng=rng_state(), totals=None if totals is None else totals.cpu()))
-        state = dict(epoch=epoch, step=step, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                     best_acc1=best["top1"], best_top5=best["top5"], rng=ranks[0]["rng"],
+        state = dict(epoch=epoch, step=step, best_acc1=best["top1"], best_top5=best["top5"], rng=ranks[0]["rng"],
                      rng_ranks=[r["rng"] for r in ranks], totals=[r["totals"] for r in ranks], seconds=seconds,
-                     order=self.batches.order().to(torch.int32) if step else None, **self.extra)
+                     order=self.batches.order().to(torch.int32) if step else None)
+        self._write(state, ([self.best_path] if is_best else []) + [self.last_path])
+
+    def begin(self, epoch, step, best, resumed=None):
+        """Write the point a run starts from as its ``last.pth``: a fresh run's initial weights (epoch 0),
+        or, for a run started from another run's checkpoint ``resumed``, that position as this run's own.
+        From then on ``--resume auto`` finds a checkpoint behind every log row, whatever stops the run."""
+        if resumed is not None and step:  # mid-epoch: the position (RNG states, running sums) resumed from
+            keep = ("rng", "rng_ranks", "totals", "seconds", "order")
+            self._write(dict({k: resumed.get(k) for k in keep}, epoch=epoch, step=step, best_acc1=best["top1"],
+                             best_top5=best["top5"]), [self.last_path])
+        else:
+            self.save(epoch, 0, best)
+
+    def _write(self, position, paths):
+        """Write the model, optimizer and ``extra`` with ``position`` to each of ``paths`` in turn (rank 0)."""
+        from utils import dist
+        state = dict(position, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), **self.extra)
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if dist.is_main():
-            for path in [self.last_path] + ([self.best_path] if is_best else []):
+            for path in paths:
                 try:
                     atomic_save(state, path)
                 except OSError as exc:

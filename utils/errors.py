@@ -11,4 +11,5 @@ class CheckpointError(ValueError):
 
 
 class CheckpointWriteError(RuntimeError):
-    """A checkpoint that could not be written (no space, a read-only folder): the previous one is kept."""
+    """A checkpoint or run log that could not be written (no space, a read-only folder): the previous
+    checkpoint is kept, and ``--resume auto`` continues from it."""

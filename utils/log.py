@@ -6,7 +6,9 @@ statistics under ``filters/``, ``final.json``.
   gives them.
 
 * ``metrics.csv``: one row per completed epoch (``CSV_FIELDS``); a resumed run first drops the rows after
-  the epoch it resumes from, so the file reads as one run with no duplicated epochs.
+  the epoch it resumes from (and any row a crash cut short), so the file reads as one run with no
+  duplicated epochs. An epoch is logged before it is checkpointed, so its row survives a crash during the
+  checkpoint; the row is then logged again, once, by the run that resumes.
 * TensorBoard: scalars per epoch (step = epoch, from 1); a resumed run's writer purges the events after
   the resumed epoch, so TensorBoard shows one run. Histograms ``filters/<tag>/{k_frac,alpha,beta}``.
 * ``filters/layers.json``: the binarized layers, ``[{tag, index, name, method, n, filters}]`` (tag
@@ -14,9 +16,14 @@ statistics under ``filters/``, ``final.json``.
   ``filters/epoch_NNNN.npz`` per epoch with ``<tag>_k`` (int32, K of each filter), ``<tag>_alpha`` and
   ``<tag>_beta`` (float32, the two values of each filter's code). They are the statistics of each layer's
   last solve (the evaluation at the end of the epoch), read without solving again.
+
+Every file but the appended ``metrics.csv`` row and the TensorBoard events is written whole or not at all
+(a temporary file moved into place); a failed write raises a one-line :class:`CheckpointWriteError`.
 """
 
+import contextlib
 import csv
+import io
 import json
 import os
 import sys
@@ -26,9 +33,21 @@ import numpy as np
 from tqdm import tqdm
 
 import binarize
+from utils.checkpoint import atomic_write, remove_stale_temporaries
+from utils.errors import CheckpointWriteError
 
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
               "best_top1", "seconds", "ede_t", "ede_k"]
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Report an OSError while writing ``path`` as a one-line CheckpointWriteError (main.py: exit status 1)."""
+    try:
+        yield
+    except OSError as exc:
+        raise CheckpointWriteError(f"could not write {path}: {exc.strerror or exc}; the checkpoints are kept; free "
+                                   f"space or fix the folder, then rerun with --resume auto") from None
 
 
 def layer_tag(index, name):
@@ -48,16 +67,20 @@ class RunLogger:
         self.folder, self.enabled, self.writer = folder, enabled, None
         if not enabled:
             return
-        os.makedirs(folder, exist_ok=True)
-        recorded = dict(options) if facts is None else dict(options, facts=facts)
-        with open(os.path.join(folder, "args.json"), "w") as f:
-            json.dump(recorded, f, indent=2, sort_keys=True, default=str)
         self.csv_path = os.path.join(folder, "metrics.csv")
+        with writing(folder):
+            os.makedirs(folder, exist_ok=True)
+            for where in (folder, os.path.join(folder, "filters")):
+                remove_stale_temporaries(where)
+        recorded = dict(options) if facts is None else dict(options, facts=facts)
+        self.write_json("args.json", recorded, default=str, sort_keys=True)
         kept = self._rows_up_to(resume_epoch) if resume_epoch is not None else []
-        with open(self.csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        with writing(self.csv_path):
+            atomic_write(self.csv_path, lambda f: f.write(text.getvalue().encode()))
         if resume_epoch is not None:
             self._drop_after(resume_epoch)
         if tensorboard:
@@ -68,20 +91,23 @@ class RunLogger:
                                         filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
     def _rows_up_to(self, epoch):
+        """The complete rows of metrics.csv up to ``epoch`` (a row a crash cut short has fields missing)."""
         if not os.path.exists(self.csv_path):
             return []
         with open(self.csv_path, newline="") as f:
-            return [row for row in csv.DictReader(f) if row.get("epoch", "").isdigit() and int(row["epoch"]) <= epoch]
+            return [row for row in csv.DictReader(f) if None not in row and None not in row.values()
+                    and row.get("epoch", "").isdigit() and int(row["epoch"]) <= epoch]
 
     def _drop_after(self, epoch):
         """Remove what an interrupted run wrote past ``epoch``: later per-filter files and final.json."""
         filters = os.path.join(self.folder, "filters")
-        for entry in os.listdir(filters) if os.path.isdir(filters) else ():
-            if entry.startswith("epoch_") and entry.endswith(".npz") and int(entry[6:10]) > epoch:
-                os.remove(os.path.join(filters, entry))
-        final = os.path.join(self.folder, "final.json")
-        if os.path.exists(final):
-            os.remove(final)
+        with writing(self.folder):
+            for entry in os.listdir(filters) if os.path.isdir(filters) else ():
+                if entry.startswith("epoch_") and entry.endswith(".npz") and int(entry[6:10]) > epoch:
+                    os.remove(os.path.join(filters, entry))
+            final = os.path.join(self.folder, "final.json")
+            if os.path.exists(final):
+                os.remove(final)
 
     def scalars(self, values, step):
         """``values``: {tag: number}, e.g. {"train/loss": 0.3}."""
@@ -109,9 +135,12 @@ class RunLogger:
         self.flush()
 
     def epoch_row(self, row):
+        """Append one row to metrics.csv, flushed to disk before the epoch's checkpoint is written."""
         if self.enabled:
-            with open(self.csv_path, "a", newline="") as f:
+            with writing(self.csv_path), open(self.csv_path, "a", newline="") as f:
                 csv.DictWriter(f, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+                f.flush()
+                os.fsync(f.fileno())
 
     def filter_stats(self, stats, step):
         """Write one epoch's per-filter statistics (``binarize.filter_stats(model)``)."""
@@ -129,14 +158,20 @@ class RunLogger:
                 self.writer.add_histogram(f"filters/{tag}/alpha", arrays[f"{tag}_alpha"], step)
                 self.writer.add_histogram(f"filters/{tag}/beta", arrays[f"{tag}_beta"], step)
         folder = os.path.join(self.folder, "filters")  # only runs with binarized layers have one
-        os.makedirs(folder, exist_ok=True)
-        np.savez(os.path.join(folder, f"epoch_{step:04d}.npz"), **arrays)
+        path = os.path.join(folder, f"epoch_{step:04d}.npz")
+        with writing(path):
+            os.makedirs(folder, exist_ok=True)
+            data = io.BytesIO()
+            np.savez(data, **arrays)
+            atomic_write(path, lambda f: f.write(data.getvalue()))
         self.write_json(os.path.join("filters", "layers.json"), layers)
 
-    def write_json(self, name, obj):
+    def write_json(self, name, obj, **dump):
+        """Write ``obj`` as ``name`` in the run folder, whole or not at all (``dump``: json.dumps options)."""
         if self.enabled:
-            with open(os.path.join(self.folder, name), "w") as f:
-                json.dump(obj, f, indent=2)
+            path = os.path.join(self.folder, name)
+            with writing(path):
+                atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, **dump).encode()))
 
     def flush(self):
         if self.writer is not None:
