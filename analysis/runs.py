@@ -31,6 +31,7 @@ import json
 import math
 import os
 
+import datasets
 import models
 
 __all__ = ["RunError", "RUN_KEYS", "DATASET_NAMES", "FAMILY_NAMES", "find_runs", "read_json", "read_metrics",
@@ -38,20 +39,48 @@ __all__ = ["RunError", "RUN_KEYS", "DATASET_NAMES", "FAMILY_NAMES", "find_runs",
            "INERT_OPTIONS", "DATA_KEYS", "configuration", "config_groups", "settings_of", "settings_labels",
            "value_text"]
 
-DATASET_NAMES = {"tuberlin": "TU-Berlin", "sketchyrecognition": "Sketchy", "digits": "digits",
-                 "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet12": "ImageNet"}
-DATASET_ALIASES = {"sketchy": "sketchyrecognition"}  # one dataset, two flag spellings
-# display names of registry families, for facts that give the family's id only (its label is "<id> <variant>")
-FAMILY_NAMES = {"sketchanet": "Sketch-A-Net", "resnet": "ResNet-18", "googlenet": "GoogLeNet",
-                "alexnet": "AlexNet", "squeezenet": "SqueezeNet", "resnet20": "ResNet-20",
-                "resnet18_cifar": "ResNet-18 (CIFAR)", "birealnet18": "Bi-Real Net-18", "nin": "NIN",
-                "densenet": "DenseNet", "mobilenet": "MobileNet", "vgg": "VGG-16 (BN)", "vgg_small": "VGG-Small",
-                "bincifar": "BinCIFAR"}
+class _DatasetNames(dict):
+    """dataset name or alias -> its display name, from the dataset registry (a name it does not know: itself)."""
+
+    def __missing__(self, name):
+        try:
+            return datasets.record(name).display_name
+        except ValueError:
+            return name
+
+    def get(self, name, default=None):
+        return self[name]
+
+
+class _FamilyNames(dict):
+    """family id -> its display name, from the model registry (a family it does not know: the id)."""
+
+    def __missing__(self, family):
+        for name in models.list_models():
+            info = models.model_info(name)
+            if info.family == family:
+                return info.family_label
+        return family
+
+    def get(self, family, default=None):
+        return self[family]
+
+
 WEIGHTS_NAMES = {"wbin": "WBin", "fbin": "FBin", "hybrid": "Hybrid", "abin": "ABin"}
 RUN_KEYS = ("run", "folder", "dataset", "dataset_label", "model", "model_label", "family", "family_label",
             "variant", "weights", "weights_label", "binarizer", "bin_layers", "activation", "seed", "epochs",
             "epochs_done", "finished", "best_top1", "final_top1", "best_top5", "final_top5", "sec_per_epoch",
             "val_images", "metrics", "config", "config_id")
+DATASET_NAMES = _DatasetNames()
+FAMILY_NAMES = _FamilyNames()
+
+
+def canonical_dataset(name):
+    """The registry's name of a dataset given by name or alias (one dataset, one name); unknown: itself."""
+    try:
+        return datasets.record(name).name
+    except ValueError:
+        return name
 
 
 class RunError(ValueError):
@@ -266,7 +295,7 @@ def describe(args):
     label = _fact(facts, "label", default=f"{family} {variant}")
     weights = weights_kind(args, facts)
     binarized_inputs = weights in ("fbin", "hybrid", "abin")
-    dataset = DATASET_ALIASES.get(args["dataset"], args["dataset"])
+    dataset = canonical_dataset(args["dataset"])
     return {"dataset": dataset, "dataset_label": DATASET_NAMES.get(dataset, dataset), "model": args["model_def"],
             "model_label": str(label), "family": family, "family_label": _family_label(family, label, variant),
             "variant": variant, "weights": weights, "weights_label": _weights_label(weights, variant),
@@ -362,6 +391,7 @@ NOT_CONFIGURATION = {
     "name": "where the run logs", "logdir": "where the run logs", "store": "where the checkpoints go",
     "resume": "where a run continued from (a resumed run is the same run)",
     "start_epoch": "where a resumed run continued from", "overwrite": "whether an older run was replaced",
+    "allowChange": "a permission of one resume command, not part of the recipe",
     "evaluate": "an evaluation-only command", "testOnly": "alias of evaluate",
     "summary": "a tool command (prints the model and exits)", "export": "a tool command (writes an export)",
     "packed": "runs an export (evaluation only)",
@@ -397,7 +427,7 @@ def configuration(args, weights=None):
     facts = args.get("facts") if isinstance(args.get("facts"), dict) else {}
     config = {key: value for key, value in args.items() if key != "facts"}
     config.update({f"facts.{key}": value for key, value in facts.items()})
-    config["dataset"] = DATASET_ALIASES.get(args.get("dataset"), args.get("dataset"))  # one dataset, one name
+    config["dataset"] = canonical_dataset(args.get("dataset"))  # one dataset, one name
     if facts.get("data_fingerprint") is None:  # nothing names the data but its folder
         config["data_dir"] = args.get("data_dir")
         ignored = set(NOT_CONFIGURATION) - {"data_dir"}

@@ -44,6 +44,11 @@ class DatasetRecord:
     aliases: tuple = ()
     needs_data_dir: bool = True
     options: frozenset = frozenset()
+    label: str = None  # the display name of reports ("TU-Berlin"); None: the name
+
+    @property
+    def display_name(self):
+        return self.label or self.name
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(Options))
@@ -149,12 +154,14 @@ def _check_data_dir(name, data_dir):
 
 
 for _entry in (
-    DatasetRecord("tuberlin", 250, 1, read_tuberlin, options=frozenset({"fold"})),
+    DatasetRecord("tuberlin", 250, 1, read_tuberlin, options=frozenset({"fold"}), label="TU-Berlin"),
     DatasetRecord("sketchyrecognition", 125, 1, read_sketchy, aliases=("sketchy",),
-                  options=frozenset({"sketchy_variant", "sketchy_drop_invalid"})),
-    DatasetRecord("cifar10", 10, 3, read_cifar, native_size=32, options=frozenset({"imagenet_norm"})),
-    DatasetRecord("cifar100", 100, 3, read_cifar, native_size=32, options=frozenset({"imagenet_norm"})),
-    DatasetRecord("imagenet12", 1000, 3, read_imagenet, options=frozenset({"grayscale"})),
+                  options=frozenset({"sketchy_variant", "sketchy_drop_invalid"}), label="Sketchy"),
+    DatasetRecord("cifar10", 10, 3, read_cifar, native_size=32, options=frozenset({"imagenet_norm"}),
+                  label="CIFAR-10"),
+    DatasetRecord("cifar100", 100, 3, read_cifar, native_size=32, options=frozenset({"imagenet_norm"}),
+                  label="CIFAR-100"),
+    DatasetRecord("imagenet12", 1000, 3, read_imagenet, options=frozenset({"grayscale"}), label="ImageNet"),
     DatasetRecord("digits", 10, 1, read_digits, needs_data_dir=False),
 ):
     register(_entry)
