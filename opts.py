@@ -18,7 +18,6 @@ import sys
 import binarize
 import datasets
 import models
-import models.__main__ as models_cli
 from utils.errors import UsageError  # noqa: F401  (re-exported: opts.UsageError is public)
 from utils.schedule import SCHEDULES
 
@@ -443,7 +442,7 @@ def _digits_note(args, info, given):
     """The note of a run of an SD-BNN model with binarized parts on the digits that leaves some flag of the
     digits recipe at main.py's default (the defaults leave such a model near chance there): SD-BNN's own
     recipes, and a digits recipe that trains (``python -m models NAME`` shows it too)."""
-    recipe = models_cli.digits_recipe(args.model_def)
+    recipe = models.digits_recipe(args.model_def)
     if recipe is None or args.dataset != "digits" or args.backward is None:  # backward None: nothing binarized
         return None
     if given_options(recipe) - {"model_def", "binarizer"} <= given:

@@ -27,7 +27,7 @@ import binarize
 from .blocks import Family, conv_table, init_weights
 
 __all__ = ["Family", "ModelInfo", "build_model", "check_bin_inputs", "check_input_size", "conv_table",
-           "list_models", "model_info", "register", "unregister"]
+           "digits_recipe", "list_models", "model_info", "register", "unregister"]
 
 NOT_FAMILIES = ("blocks", "__main__")  # modules of this package that register nothing
 
@@ -197,3 +197,5 @@ def _import_families():
 
 
 _import_families()
+
+from .sdbnn import digits_recipe  # noqa: E402  (after the families are imported)

@@ -18,15 +18,7 @@ import torch
 
 import binarize
 
-from . import build_model, check_input_size, conv_table, list_models, model_info
-from .sdbnn import VARIANTS as SDBNN_MODELS
-
-# A recipe that trains SD-BNN's models on the embedded digits (bench/bench_digits.py --suite sdbnn measures
-# it on ResNet-20: 91-96% val top-1 in 10 epochs). SD-BNN's own recipes (runx.sh) train 400-600 epochs on
-# CIFAR-10 or 256 per stage on ImageNet; main.py's defaults (2 epochs of Adam at 1e-3) leave its binary
-# models near chance on the digits.
-DIGITS_RECIPE = ("--inpsize", "32", "--epochs", "10", "--optimType", "adam", "--maxlr", "5e-3",
-                 "--learningratescheduler", "cosine", "--batch-size", "32")
+from . import build_model, check_input_size, conv_table, digits_recipe, list_models, model_info
 
 
 def get_parser():
@@ -39,15 +31,6 @@ def get_parser():
     parser.add_argument("--binInputs", default=None, metavar="LIST",
                         help="convs whose input is binarized, e.g. 2-5,7 or none (default: the variant's)")
     return parser
-
-
-def digits_recipe(name):
-    """The main.py flags of a digits run that trains SD-BNN model ``name`` (a list; its binary models with
-    SD-BNN's conv, ``--binarizer sdbnn``), or None for a model that is not SD-BNN's."""
-    if name not in SDBNN_MODELS:
-        return None
-    binary = SDBNN_MODELS[name][1]
-    return ["--model_def", name, *DIGITS_RECIPE] + (["--binarizer", "sdbnn"] if binary else [])
 
 
 def _hw(hw):

@@ -308,3 +308,20 @@ for name, (family_name, binarized) in VARIANTS.items():
     register(name, partial(ARCHITECTURES[family_name], family=family,
                            binary_inputs=family.bin_layers if binarized else ()), family, binarized=binarized,
              variant="1w1a" if binarized else "fp")
+
+
+# A recipe that trains SD-BNN's models on the embedded digits (bench/bench_digits.py --suite sdbnn measures
+# it on ResNet-20: 91-96% val top-1 in 10 epochs). SD-BNN's own recipes (runx.sh) train 400-600 epochs on
+# CIFAR-10 or 256 per stage on ImageNet; main.py's defaults (2 epochs of Adam at 1e-3) leave its binary
+# models near chance on the digits.
+DIGITS_RECIPE = ("--inpsize", "32", "--epochs", "10", "--optimType", "adam", "--maxlr", "5e-3",
+                 "--learningratescheduler", "cosine", "--batch-size", "32")
+
+
+def digits_recipe(name):
+    """The main.py flags of a digits run that trains SD-BNN model ``name`` (a list; its binary models with
+    SD-BNN's conv, ``--binarizer sdbnn``), or None for a model that is not SD-BNN's."""
+    if name not in VARIANTS:
+        return None
+    binary = VARIANTS[name][1]
+    return ["--model_def", name, *DIGITS_RECIPE] + (["--binarizer", "sdbnn"] if binary else [])

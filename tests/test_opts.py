@@ -331,7 +331,7 @@ SDBNN_BINARY = [name for name in SDBNN_MODELS if models.sdbnn.VARIANTS[name][1]]
 def test_an_sdbnn_model_at_the_defaults_says_so_and_gives_a_digits_recipe(name):
     notes = []
     opts.parse(["--model_def", name], notes=notes)
-    recipe = models_cli.digits_recipe(name)
+    recipe = models.digits_recipe(name)
     assert len(notes) == 1 and notes[0].startswith(f"note: {name} is an SD-BNN model")
     assert "near chance" in notes[0] and notes[0].endswith("python main.py " + " ".join(recipe))
     quiet = []
@@ -357,7 +357,7 @@ def test_no_digits_note_for_other_models_or_real_sdbnn_twins():
 def test_python_m_models_shows_the_digits_recipe_of_each_sdbnn_model(name, capsys):
     assert models_cli.main([name]) == 0
     out = capsys.readouterr().out
-    recipe = models_cli.digits_recipe(name)
+    recipe = models.digits_recipe(name)
     if name not in SDBNN_MODELS:
         assert recipe is None and "digits recipe" not in out
         return
