@@ -38,6 +38,16 @@ WEIGHT_PART = ("binarizer", "bnnModel", "weightShift", "weightBackward")
 INPUT_PART = ("binActivation", "actBackward")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it is None (the help then says what applies) or the help already
+    names its default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but an error is one line (no usage block) and exit status 2."""
 
@@ -118,7 +128,7 @@ def criterion_name(value):
 def get_parser():
     """The parser of every flag, in groups (``--help`` lists them so)."""
     p = Parser(prog="main.py", description="Train and evaluate binarized networks: DAB (Prabhu et al., WACV 2018), "
-               "its baselines and SD-BNN.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               "its baselines and SD-BNN.", formatter_class=HelpFormatter)
     _data_flags(p.add_argument_group("data"))
     _model_flags(p.add_argument_group("model and binarization"))
     _optimisation_flags(p.add_argument_group("optimisation"))

@@ -86,8 +86,8 @@ def check_model(args):
     """The checks that need no data, done before reading it (--cachemode writes a cache while reading)."""
     try:
         models.check_input_size(args.model_def, args.inpsize)
-    except ValueError as exc:
-        raise UsageError(f"{args.model_def}: {exc}") from None
+    except ValueError as exc:  # the message names the model already
+        raise UsageError(f"{exc}; pass an --inpsize in that range") from None
     for path in (args.pretrained_file, args.teacher):
         if path and not os.path.isfile(path):
             raise UsageError(f"{path!r} does not exist; give the path of a checkpoint (.pth) or export (.safetensors)")

@@ -20,8 +20,8 @@ def run_model_tool(args, given=None):
     from deploy.summary import format_summary, summarize
     try:
         models.check_input_size(args.model_def, args.inpsize)
-    except ValueError as exc:
-        raise UsageError(f"{args.model_def}: {exc}") from None
+    except ValueError as exc:  # the message names the model already
+        raise UsageError(f"{exc}; pass an --inpsize in that range") from None
     num_classes, in_channels = datasets.SHAPES[args.dataset]
     num_classes = args.nClasses or num_classes
     model = build.build_network(args, num_classes, in_channels)

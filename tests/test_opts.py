@@ -364,3 +364,20 @@ def test_python_m_models_shows_the_digits_recipe_of_each_sdbnn_model(name, capsy
     assert out.splitlines()[-1].endswith("python main.py " + " ".join(recipe))
     assert ("--binarizer sdbnn" in out) == (name in SDBNN_BINARY)
     assert opts.parse(recipe).model_def == name
+
+
+def test_help_shows_each_default_once(capsys):
+    """An option whose help names its default, or whose default is None, gets no second "(default: ...)"."""
+    with pytest.raises(SystemExit):
+        opts.parse(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "(default: runs) (default:" not in text and "(default: runs)" in text
+    assert "(default: 64)" in text  # a plain default is still shown
+
+
+def test_an_input_size_error_names_the_model_once(capsys):
+    import main
+    assert main.main(["--model_def", "sketchanetwbin", "--inpsize", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("sketchanetwbin") == 1 and "--inpsize" in err and len(err.splitlines()) == 1
