@@ -1,7 +1,7 @@
 """Time the exact DAB solve against one torch.sort of the same [C_out, n] matrices.
 
 The weights are those of ResNet-18 as the paper trains it (1-channel input, 250 classes; the conv
-shapes of shared/spec/original-models.md section 1.3, conv classifier included). DAB and the sort are
+shapes of the original DAB code's ResNet-18, conv classifier included). DAB and the sort are
 measured interleaved in one process (sort, dab, sort, dab, ...) so that both see the same machine
 state; each repeat times all 21 layers; the median of the repeats is reported after a warm-up.
 ``dab-warm`` is the solve as training runs it: the weights after a small step, sorted starting from

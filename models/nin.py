@@ -1,9 +1,10 @@
 """Network-in-Network as in XNOR-Net's CIFAR-10 code (Rastegari et al., 2016), which the original DAB
 code's models/nin.py follows: nin.
 
-XNOR-Net's NIN is a binary network: convs 2-8 take sign-binarized inputs, so its variant is "fbin". Its
-weights stay real unless --binaryWeight is given (recommended range 2..8, the convs with binarized
-inputs), as with the original's flags, whose full-precision-weight NIN log trained it that way.
+XNOR-Net's NIN is a binary network: convs 2-8 take sign-binarized inputs. Its weights stay real unless
+--binaryWeight is given (recommended range 2..8, the convs with binarized inputs), as with the original's
+flags, whose full-precision-weight NIN log trained it that way; so its variant is "abin" (binarized
+activations), and with --binaryWeight it is the fully binary network.
 
 Conv 1 is full precision (conv -> BN(affine=False) -> ReLU); convs 2-8 are XNOR-Net BinConv2d units,
 BN(in, affine) -> sign -> [Dropout 0.5 on convs 4 and 7] -> conv (bias) -> ReLU; conv 9 is the
@@ -59,4 +60,4 @@ class NIN(Classifier):
         return self.features(x).flatten(1)
 
 
-register("nin", partial(NIN, family=FAMILY), FAMILY, binarized=False, variant="fbin")
+register("nin", partial(NIN, family=FAMILY), FAMILY, binarized=False, variant="abin")
