@@ -360,7 +360,7 @@ def test_labels_read_as_users_know_them():
                 "resnetwbin18": "ResNet-18 wbin", "resnet18": "ResNet-18 fp", "resnethybridv318": "ResNet-18 hybridv3",
                 "resnet20_1w1a": "ResNet-20 1w1a", "resnet18_1w1a": "CIFAR ResNet-18 1w1a",
                 "birealnet18": "Bi-Real Net-18 1w1a", "birealnet18_fp": "Bi-Real Net-18 fp",
-                "vgg16_bncifar": "VGG-16-BN fp", "vgg_small_1w1a": "VGG-Small 1w1a", "nin": "NIN fbin",
+                "vgg16_bncifar": "VGG-16-BN fp", "vgg_small_1w1a": "VGG-Small 1w1a", "nin": "NIN abin",
                 "bincifar": "BinCifar wbin", "bincifarfbin": "BinCifar fbin",
                 "squeezenethybridv2": "SqueezeNet hybridv2",
                 "alexnet": "AlexNet fp", "googlenetwbin": "GoogLeNet wbin", "mobilenet": "MobileNet fp",
