@@ -73,6 +73,7 @@ def case_params():
 
 
 @pytest.mark.parametrize("name,method,bin_range,inpsize", case_params())
+@pytest.mark.slow
 def test_export_reload_reproduces_outputs_and_packs_one_bit(name, method, bin_range, inpsize, tmp_path):
     config = config_of(name, method, bin_range, inpsize)
     model = build(config)

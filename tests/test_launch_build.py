@@ -148,6 +148,7 @@ def test_distillation_from_a_checkpoint_and_from_a_torchvision_state_dict(data, 
 
 @pytest.mark.parametrize("name", ["resnet20_1w1a", "resnet20_fp", "vgg_small_1w1a", "vgg_small_fp",
                                   "resnet18_1w1a", "resnet18_cifar_fp", "birealnet18", "birealnet18_fp"])
+@pytest.mark.slow
 def test_each_sdbnn_model_trains_end_to_end_at_32_px(name, data, tmp_path, capsys):
     argv = common(data, tmp_path, name) + ["--model_def", name]
     if models.model_info(name).binarized:

@@ -50,6 +50,7 @@ KINDS = {
 
 @pytest.mark.parametrize("ten_crop", [False, True], ids=["center", "tencrop"])
 @pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.slow
 def test_main_trains_and_logs_end_to_end(kind, ten_crop, sketches, tmp_path, capsys):
     argv = base_args(sketches, tmp_path, *KINDS[kind], "--epochs", "2") + (["--tenCrop"] if ten_crop else [])
     assert main.main(argv) == 0
@@ -81,6 +82,7 @@ def state_of(path):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.slow
 def test_resume_gives_the_weights_of_an_uninterrupted_run(workers, sketches, tmp_path):
     common = FAST + ["--workers", str(workers), "--batch-size", "4"]
     straight = base_args(sketches, tmp_path / "a", *common, "--epochs", "3")
@@ -241,6 +243,7 @@ def few_digits(monkeypatch):
     monkeypatch.setattr(sklearn.datasets, "load_digits", load_digits)
 
 
+@pytest.mark.slow
 def test_a_run_with_the_default_flags_trains_a_dab_binarized_sketchanet_on_digits(few_digits, tmp_path, monkeypatch,
                                                                                   capsys):
     monkeypatch.chdir(tmp_path)

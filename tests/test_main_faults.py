@@ -98,6 +98,7 @@ def uninterrupted(data, tmp_path_factory):
 
 @pytest.mark.parametrize("sig,workers", [(signal.SIGTERM, 0), (signal.SIGTERM, 2), (signal.SIGUSR1, 0),
                                          (signal.SIGINT, 2)])
+@pytest.mark.slow
 def test_signal_mid_epoch_then_resume_auto_equals_the_uninterrupted_run(sig, workers, data, uninterrupted,
                                                                          tmp_path, monkeypatch, capsys):
     argv = argv_of(data, tmp_path, workers=workers)
@@ -312,6 +313,7 @@ EPOCH_2 = dict(filters=(np, "savez", 2, lambda *args: True),  # the second epoch
 
 
 @pytest.mark.parametrize("what", list(EPOCH_2))
+@pytest.mark.slow
 def test_no_space_while_logging_an_epoch_is_one_line_and_resume_auto_logs_it_once(what, data, reference, tmp_path,
                                                                                   monkeypatch, capsys):
     argv = argv_of(data, tmp_path, *FAULTY)
@@ -385,6 +387,7 @@ def corrupt_png(path):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.slow
 def test_a_corrupt_image_met_mid_epoch_names_the_file_and_keeps_the_checkpoint(workers, tmp_path, capsys):
     data = str(split_tree(tmp_path / "data", CLASSES, train_per_class=6, val_per_class=2, subdir="tuberlin"))
     argv = argv_of(data, tmp_path, epochs=1, workers=workers)

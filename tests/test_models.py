@@ -654,6 +654,7 @@ def test_blocks_follow_sdbnns_formulas():
 # ---------------------------------------------------------------- input sizes and channels
 
 @pytest.mark.parametrize("family_name", FAMILY_NAMES)
+@pytest.mark.slow
 def test_input_size_range_is_what_the_layers_accept(family_name):
     """On the meta device: the range ends work, and just outside them the bare layers fail or give no
     [B, C] head (a globally pooled head has no upper end but the largest side the registry considers)."""
@@ -690,6 +691,7 @@ def test_sketchanet_size_message():
         models.check_input_size("sketchanet", 224)
 
 
+@pytest.mark.slow
 def test_one_and_three_input_channels(name):
     """Shapes on the meta device for every registered name: conv 1 adapts, the head still gives [B, C]."""
     info = models.model_info(name)
@@ -782,6 +784,7 @@ def trace(built):
                 latent_before=before, latent_after={i: w.detach().clone() for i, w in latents.items()})
 
 
+@pytest.mark.slow
 def test_forward_gives_log_probabilities(trace):
     out = trace["out"]
     assert out.shape == (2, C) and torch.isfinite(out).all()

@@ -148,6 +148,7 @@ CIFAR_LINES = [(label, line) for label, line in LINES if dataset_of(line).starts
 
 
 @pytest.mark.parametrize("label,line", CIFAR_LINES, ids=[label for label, _ in CIFAR_LINES])
+@pytest.mark.slow
 def test_original_cifar_line_runs_one_epoch(label, line, tmp_path, capsys):
     data = tiny_data(dataset_of(line), classes_of(line), str(tmp_path / "data"))
     assert main.main(argv_for(line, data, 1, tmp_path / "logs", tmp_path / "ckpt")) == 0
@@ -264,6 +265,7 @@ def test_each_binarized_layer_gets_the_backward_rule_of_its_part(argv, weights, 
     assert _rules(argv) == (weights, inputs, ede)
 
 
+@pytest.mark.slow
 def test_the_ede_schedule_runs_when_only_the_inputs_use_ede(tmp_path, monkeypatch, capsys):
     calls = []
     real = binarize.set_ede
