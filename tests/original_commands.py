@@ -1,5 +1,5 @@
-"""Every command line of the original's run scripts (run.sh, run1-5.sh; shared/spec/original-models.md
-section 3), commented-out ones included, with only ``--data_dir`` and ``--epochs`` to be replaced.
+"""Every command line of the original DAB repository's run scripts (run.sh, run1-5.sh), commented-out
+ones included, with only ``--data_dir`` and ``--epochs`` to be replaced.
 
 Running all of them for one epoch needs every class of the dataset on disk (``--nClasses`` is
 checked against the data) and ten-crop validation at 224-225 pixels: far more than a CI run can
