@@ -86,9 +86,11 @@ class RunLogger:
         if tensorboard:
             from tensorboardX import SummaryWriter
             purge = None if resume_epoch is None else resume_epoch + 1
-            # tensorboardX names event files by the second: a suffix keeps a quick restart from reusing one
+            # tensorboardX names event files by the second: a suffix keeps a quick restart from reusing one,
+            # and puts the files of one second in the order they were written (readers apply a resume's
+            # purge in file-name order), so the nanoseconds come before the pid
             self.writer = SummaryWriter(logdir=folder, purge_step=purge,
-                                        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+                                        filename_suffix=f".{time.time_ns()}.{os.getpid()}")
 
     def _rows_up_to(self, epoch):
         """The complete rows of metrics.csv up to ``epoch`` (a row a crash cut short has fields missing)."""
