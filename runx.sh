@@ -8,6 +8,8 @@
 #   bash runx.sh report                                          # results.md, results.csv, figures in results/
 #   TUBERLIN_DIR=... bash runx.sh autohybrid [--keep N | --budget F]  # train fbin, plan, train the hybrid
 #   CIFAR10_DIR=~/data/cifar bash runx.sh cifar10_resnet20_sdbnn    # SD-BNN's table (list: runx.sh list)
+#   bash runx.sh digits_paper [bench_digits flags]                   # the paper's comparison on the embedded
+#                                                                    # digits, 10 seeds (~130 CPU-minutes)
 #
 # TUBERLIN_DIR: the folder holding png/ (as sketches_png.zip unzips; 3-fold split, --fold from FOLD,
 # default 1) or the original's pre-split tuberlin/{train,val} layout. SKETCHY_DIR: the folder holding
@@ -245,6 +247,9 @@ case ${1:-} in
         report=(python3 -m analysis.report runs --out "${REPORT_DIR:-results}" "$@")
         if [[ -n ${DRYRUN:-} ]]; then show "${report[@]}"; else "${report[@]}"; fi ;;
     autohybrid) shift; autohybrid "$@" ;;
+    digits_paper) shift
+        suite=(python3 bench/bench_digits.py --suite paper --out "${DIGITS_DIR:-runs/digits-paper}" "$@")
+        if [[ -n ${DRYRUN:-} ]]; then show "${suite[@]}"; else "${suite[@]}"; fi ;;
     *) name=$1; shift
        is_run "$name" || { echo "runx.sh: unknown run '$name'; see 'bash runx.sh list'" >&2; exit 2; }
        launch "$name" "$@" ;;

@@ -34,7 +34,7 @@ fi
 
 def _env(**extra):
     """The environment without any data variable (and without DRYRUN), plus ``extra``."""
-    unset = (*DATA, "DRYRUN", "OVERWRITE", "NPROC", "RUN_NAME", "REPORT_DIR", "FOLD", "WORKERS", "TEACHER")
+    unset = (*DATA, "DRYRUN", "OVERWRITE", "NPROC", "RUN_NAME", "REPORT_DIR", "FOLD", "WORKERS", "TEACHER", "DIGITS_DIR")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(extra)
     return env
@@ -196,3 +196,15 @@ def test_report_calls_analysis_report(sandbox):
     assert _calls(calls) == ["-m analysis.report runs --out results --metric top5"]
     dry = runx("report", cwd=str(folder), DRYRUN="1", REPORT_DIR="out", **env)
     assert dry.stdout.strip() == "python3 -m analysis.report runs --out out" and len(_calls(calls)) == 1
+
+
+def test_digits_paper_runs_the_suite_with_its_flags(sandbox):
+    folder, calls, env = sandbox
+    dry = runx("digits_paper", "--jobs", "1", cwd=str(folder), DRYRUN="1", **env)
+    assert dry.returncode == 0, dry.stderr
+    assert _commands(dry.stdout) == [["python3", "bench/bench_digits.py", "--suite", "paper", "--out",
+                                      "runs/digits-paper", "--jobs", "1"]]
+    assert _calls(calls) == []
+    done = runx("digits_paper", cwd=str(folder), DIGITS_DIR="/tmp/suite", **env)
+    assert done.returncode == 0, done.stderr
+    assert _calls(calls) == ["bench/bench_digits.py --suite paper --out /tmp/suite"]
