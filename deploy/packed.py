@@ -22,11 +22,40 @@ import torch
 from torch import nn
 
 import binarize
-from deploy import export
-from deploy.kernels import LANES, WORD, PackedUnavailable, require_kernels
+import models
+from deploy import export, fold
+from deploy.kernels import LANES, SERIAL_WORK, WORD, PackedUnavailable, require_kernels
 
-__all__ = ["PackedError", "PackedUnavailable", "PackedConv2d", "PreSign", "pack_model", "load_packed",
+__all__ = ["PackedBits", "PackedError", "PackedUnavailable", "PackedConv2d", "PreSign", "SignPack", "BitMaxPool", "pack_model", "fold_model", "load_packed",
            "load_export_packed", "report_line"]
+
+class PackedBits:
+    """The signs of a [B, C, H, W] activation as bits, 64 channels a word: ``words`` is uint64 [B, H, W,
+    ceil(C / 64)], bit j of word w of a pixel set when channel 64 w + j is +1 (unused bits zero). A packed
+    conv that feeds another one through BN, ReLU, pooling and a sign hands it this instead of floats."""
+
+    __slots__ = ("words", "channels")
+
+    def __init__(self, words, channels):
+        if words.dtype != np.uint64 or words.ndim != 4 or words.shape[3] != -(-channels // WORD):
+            raise ValueError(f"expected uint64 words [B, H, W, {-(-channels // WORD)}], got {words.dtype} "
+                             f"{words.shape}")
+        self.words, self.channels = words, channels
+
+    @property
+    def shape(self):
+        """The shape of the activation the bits stand for: (B, C, H, W)."""
+        batch, height, width, _ = self.words.shape
+        return torch.Size((batch, self.channels, height, width))
+
+    def to_tensor(self, dtype=torch.float32):
+        """The activation as a ±1 tensor [B, C, H, W]."""
+        bits = np.unpackbits(self.words.view(np.uint8), axis=-1, bitorder="little")[..., :self.channels]
+        return torch.from_numpy(bits.astype(np.float32) * 2 - 1).permute(0, 3, 1, 2).to(dtype)
+
+    def __repr__(self):
+        return f"PackedBits(shape={tuple(self.shape)})"
+
 
 class PackedError(ValueError):
     """A model (or export) with binarized layers that the packed path cannot run."""
@@ -39,6 +68,14 @@ def _pair(value, what):
     if len(value) != 2:
         raise ValueError(f"{what} must be an int or a pair, got {value}")
     return value
+
+
+def _bit_words(flags):
+    """uint64 words of a bool per channel, 64 channels a word (bit j of word w: channel 64 w + j)."""
+    flags = np.asarray(flags, bool)
+    bits = np.zeros(-(-len(flags) // WORD) * WORD, bool)
+    bits[:len(flags)] = flags
+    return np.packbits(bits, bitorder="little").view(np.uint64)
 
 
 def _window_classes(size, kernel, stride, pad):
@@ -135,33 +172,89 @@ class PackedConv2d(nn.Module):
 
     def _prepare(self):
         """The kernel's forms of the buffers: blocked weight words, per-filter scales and tap counts."""
-        c_out, (kh, kw) = self.out_channels, self.kernel_size
+        c_out, c_in, (kh, kw) = self.out_channels, self.in_channels, self.kernel_size
         words = self.weight_bits.shape[-1]
         self._vectors = 1 if c_out <= LANES else 2 if c_out <= 2 * LANES else 4
         block = self._vectors * LANES
         padded = -(-c_out // block) * block
-        w = np.zeros((padded, kh, kw, words), np.uint64)
-        w[:c_out] = self.weight_bits.numpy().view(np.uint64)
+        # a conv of fewer than 64 channels (a divisor of 64) reads the words of kw neighbouring pixels side
+        # by side: one row of a 3x3 window of 16 channels is one word instead of three
+        self._taps = kw if kw > 1 and WORD % c_in == 0 and -(-kw * c_in // WORD) < kw else 1
+        if self._taps > 1:
+            rows = self.mask().permute(0, 2, 3, 1).reshape(c_out, kh, kw * c_in).numpy()
+            self._row_words = -(-kw * c_in // WORD)
+            bits = np.zeros((c_out, kh, 1, self._row_words * WORD), dtype=bool)
+            bits[..., 0, :kw * c_in] = rows
+            kernel_words = np.packbits(bits, axis=-1, bitorder="little").view(np.uint64)
+        else:
+            self._row_words = words
+            kernel_words = self.weight_bits.numpy().view(np.uint64)
+        kw_kernel = 1 if self._taps > 1 else kw
+        w = np.zeros((padded, kh, kw_kernel, self._row_words), np.uint64)
+        w[:c_out] = kernel_words
         # [blocks, kh, kw, words, block]: one tap-word of a block is one contiguous run of lanes
-        self._wt = np.ascontiguousarray(w.reshape(padded // block, block, kh, kw, words).transpose(0, 2, 3, 4, 1))
-        self._wt = self._wt.reshape(-1)
+        self._wt = np.ascontiguousarray(w.reshape(padded // block, block, kh, kw_kernel, self._row_words)
+                                        .transpose(0, 2, 3, 4, 1)).reshape(-1)
         taps = np.zeros((padded, kh, kw), np.int64)
         taps[:c_out] = np.bitwise_count(self.weight_bits.numpy().view(np.uint64)).sum(axis=-1)
-        self._taps = np.zeros((padded, kh + 1, kw + 1), np.int64)  # 2-D prefix sums over the taps
-        self._taps[:, 1:, 1:] = taps.cumsum(1).cumsum(2)
+        self._tapsum = np.zeros((padded, kh + 1, kw + 1), np.int64)  # 2-D prefix sums over the taps
+        self._tapsum[:, 1:, 1:] = taps.cumsum(1).cumsum(2)
 
-        def padded32(t):
-            out = np.zeros(padded, np.float32)
+        def padded64(t):
+            out = np.zeros(padded, np.float64)
             if t is not None:
-                out[:c_out] = t.detach().float().numpy()
+                out[:c_out] = t.detach().double().numpy()
             return out
 
-        self._diff = padded32(self.alpha - self.beta)
-        self._beta32, self._bias32 = padded32(self.beta), padded32(self.bias)
+        self._diff, self._beta32, self._bias32 = (padded64(t).astype(np.float32)
+                                                  for t in (self.alpha - self.beta, self.beta, self.bias))
         self._words = words
+        if not hasattr(self, "_in_predicate"):
+            self._in_predicate = None
+        self._set_tables()
+
+    def _set_tables(self):
+        """The input thresholds and the output thresholds of the kernels, from the folded predicates."""
+        c_in, c_out = self.in_channels, self.out_channels
+        padded = self._diff.shape[0]
+        self._in_thr, self._in_inv = np.zeros(c_in, np.float32), np.zeros(self._words, np.uint64)
+        if self._in_predicate is not None:
+            self._in_thr[:], self._in_inv[:] = self._in_predicate[0], _bit_words(self._in_predicate[1])
+        if self.emits_bits:
+            self._out_thr = np.full(padded, np.inf, np.float32)  # padded channels: bit clear
+            self._out_thr[:c_out] = self._out_predicate[0]
+            self._out_inv = np.packbits(np.pad(self._out_predicate[1], (0, padded - c_out)), bitorder="little")
+        else:  # scale and shift of a folded BN, interleaved by 8 lanes
+            scale, shift = getattr(self, "_affine", None) or (np.ones(c_out), np.zeros(c_out))
+            pair = np.zeros((padded // LANES, 2, LANES), np.float32)
+            pair[:, 0] = np.pad(scale, (0, padded - c_out), constant_values=1).reshape(-1, LANES)
+            pair[:, 1] = np.pad(shift, (0, padded - c_out)).reshape(-1, LANES)
+            self._out_thr, self._out_inv = pair.reshape(-1), np.zeros(padded // 8, np.uint8)
         self._plans = {}
 
-    def _plan(self, shape):
+    @property
+    def emits_bits(self):
+        """Whether the output is the sign bits of the next packed conv's input (:class:`PackedBits`)."""
+        return getattr(self, "_out_predicate", None) is not None
+
+    def fold_input(self, threshold, invert):
+        """Read a float input as bit c = (x >= threshold[c]) xor invert[c] instead of x >= 0: the BN (and
+        ReLU) between the input and its sign, folded (see deploy.fold)."""
+        self._in_predicate = (np.asarray(threshold, np.float32), np.asarray(invert, bool))
+        self._set_tables()
+
+    def fold_output(self, threshold, invert):
+        """Write bits instead of floats: bit c of an output pixel = (v >= threshold[c]) xor invert[c], v the
+        conv's output (the next BN, ReLU and sign, folded; see deploy.fold)."""
+        self._out_predicate = (np.asarray(threshold, np.float32), np.asarray(invert, bool))
+        self._set_tables()
+
+    def fold_affine(self, scale, shift):
+        """Output ``scale * conv(x) + shift`` per channel: a BN after the conv, folded into its scales."""
+        self._affine = (np.asarray(scale, np.float64), np.asarray(shift, np.float64))
+        self._set_tables()
+
+    def _plan(self, shape, bits_in):
         """For an input shape: the output shape and the kernel's other arguments (per-layer tables, input steps,
         geometry)."""
         if len(shape) != 4 or shape[1] != self.in_channels:
@@ -172,33 +265,46 @@ class PackedConv2d(nn.Module):
             raise ValueError(f"input {height}x{width} with padding {self.padding} is smaller than the kernel "
                              f"{self.kernel_size}")
         steps = (1, 1)
-        if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
+        if (kh, kw) == (1, 1) and (ph, pw) == (0, 0) and not bits_in:
             # a strided 1x1 conv reads every sh-th row and sw-th column only: pack just those, then stride 1
             steps, (sh, sw) = (sh, sw), (1, 1)
             height, width = -(-height // steps[0]), -(-width // steps[1])
         rows, rowcls = _window_classes(height, kh, sh, ph)
         cols, colcls = _window_classes(width, kw, sw, pw)
-        t = self._taps
+        t = self._tapsum
         etab = np.empty((len(rows), len(cols), t.shape[0]), np.int64)
         nvtab = np.empty((len(rows), len(cols)), np.int64)
         for r, (y0, y1) in enumerate(rows):
             for c, (x0, x1) in enumerate(cols):
                 etab[r, c] = t[:, y1, x1] - t[:, y0, x1] - t[:, y1, x0] + t[:, y0, x0]
                 nvtab[r, c] = (y1 - y0) * (x1 - x0) * self.in_channels
-        tables = (self._wt, self._diff, self._beta32, self._bias32, etab, nvtab, rowcls, colcls)
-        geometry = (sh, sw, ph, pw, kh, kw, self._words)
-        plan = ((batch, len(rowcls), len(colcls), self.out_channels), tables, steps, geometry)
-        self._plans[tuple(shape)] = plan
+        out_words = -(-self.out_channels // WORD)
+        out_shape = ((batch, len(rowcls), len(colcls), out_words * 8) if self.emits_bits
+                     else (batch, len(rowcls), len(colcls), self.out_channels))
+        wide = width + 2 * pw
+        window = (height + 2 * ph, wide - self._taps + 1 if self._taps > 1 else wide, self._row_words)
+        tables = (self._wt, self._diff, self._beta32, self._bias32, self._out_thr, self._out_inv, etab, nvtab,
+                  rowcls, colcls)
+        geometry = (sh, sw, kh, 1 if self._taps > 1 else kw, self._row_words)
+        work = batch * len(rowcls) * len(colcls) * self._diff.shape[0] * (kh * geometry[3] * self._row_words + 4)
+        plan = (out_shape, window, tables, steps, geometry, work)
+        self._plans[(tuple(shape), bits_in)] = plan
         return plan
 
-    def forward(self, x):
-        plan = self._plans.get(x.shape)
-        out_shape, tables, steps, geometry = plan if plan is not None else self._plan(x.shape)
+    def _input_words(self, x, window, steps, serial):
+        """The kernel's input words [B, Hp, Wr, words] (zero border; taps side by side) from ``x``: floats
+        (packed here: bit c is x >= threshold[c], 0 unless folded) or :class:`PackedBits`."""
+        kernels = require_kernels()
+        pack, spread = (kernels.pack_serial, kernels.window_serial) if serial else (kernels.pack, kernels.window)
+        (ph, pw), batch = self.padding, x.shape[0]
+        xr = np.zeros((batch,) + window, np.uint64)
+        if type(x) is PackedBits:
+            spread(x.words, ph, pw, self._taps, self.in_channels, xr)
+            return xr
         if not x.is_cpu:
             raise ValueError(f"PackedConv2d runs on the CPU; got an input on {x.device}")
-        dtype = x.dtype
-        if dtype != torch.float32:
-            x = (x >= 0).to(torch.float32) * 2 - 1  # only the sign is read (a NaN compares False: -1)
+        if x.dtype != torch.float32:
+            x = (x >= 0).to(torch.float32) * 2 - 1 if self._in_predicate is None else x.float()
         elif x.requires_grad:
             x = x.detach()
         nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -209,10 +315,35 @@ class PackedConv2d(nn.Module):
                 x = x[:, :, ::steps[0], ::steps[1]]
                 steps = (1, 1)
             array = (x if x.is_contiguous() else x.contiguous()).numpy()
+        if self._taps == 1:
+            pack(array, nhwc, self._in_thr, self._in_inv, *steps, ph, pw, xr)
+            return xr
+        if nhwc:
+            (kernels.pack_taps_serial if serial else kernels.pack_taps)(array, self._in_thr, self._in_inv, ph, pw,
+                                                                        self._taps, self.in_channels, xr)
+            return xr
+        words = np.zeros((batch, xr.shape[1] - 2 * ph, array.shape[2 if nhwc else 3], self._words), np.uint64)
+        pack(array, nhwc, self._in_thr, self._in_inv, *steps, 0, 0, words)
+        spread(words, ph, pw, self._taps, self.in_channels, xr)
+        return xr
+
+    def forward(self, x):
+        bits_in = type(x) is PackedBits
+        plan = self._plans.get((x.shape, bits_in))
+        out_shape, window, tables, steps, geometry, work = plan if plan is not None else self._plan(x.shape, bits_in)
+        serial = work < SERIAL_WORK  # waking threads costs more than they save
+        dtype = torch.float32 if bits_in else x.dtype
+        xr = self._input_words(x, window, steps, serial)
+        conv = require_kernels().conv(self._vectors, self.emits_bits, serial)
+        if self.emits_bits:
+            # zeroed: the kernel writes the bytes of its channel blocks only, and the bits past C_out must be clear
+            words = np.zeros(out_shape[:3] + (out_shape[3] // 8,), dtype=np.uint64)
+            conv(xr, words.view(np.uint8), self.out_channels, *tables, *geometry)
+            return PackedBits(words, self.out_channels)
         # numpy's allocator hands back recently freed memory; torch.empty of a large tensor often maps fresh
         # pages, and faulting them in costs as much as a small conv
         out = np.empty(out_shape, dtype=np.float32)
-        require_kernels().conv(self._vectors)(array, nhwc, out, *tables, *steps, *geometry)
+        conv(xr, out, self.out_channels, *tables, *geometry)
         out = torch.from_numpy(out.transpose(0, 3, 1, 2))
         return out if dtype == torch.float32 or not dtype.is_floating_point else out.to(dtype)
 
@@ -245,6 +376,60 @@ class PreSign(nn.Module):
 
     def forward(self, x):
         return self.binarizer.pre_sign(x)
+
+
+class SignPack(nn.Module):
+    """Float input to sign bits: bit c of a pixel is (x >= threshold[c]) xor invert[c], then, with ``pool``
+    (kernel, stride, padding), OR-pooled and flipped where ``post_invert`` is set. Stands for the BN, ReLU,
+    max-pool and sign between a float tensor and a packed conv (see deploy.fold)."""
+
+    def __init__(self, threshold, invert, pool=None, post_invert=None):
+        super().__init__()
+        self.channels = len(threshold)
+        self._thr = np.ascontiguousarray(threshold, np.float32)
+        self._inv = _bit_words(invert)
+        self.pool = None if pool is None else BitMaxPool(*pool, post_invert)
+
+    def forward(self, x):
+        if not x.is_cpu:
+            raise ValueError(f"SignPack runs on the CPU; got an input on {x.device}")
+        x = x.detach().float()
+        nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        array = x.numpy().transpose(0, 2, 3, 1) if nhwc else x.contiguous().numpy()
+        batch, _, height, width = x.shape
+        words = np.zeros((batch, height, width, len(self._inv)), np.uint64)
+        require_kernels().pack(array, nhwc, self._thr, self._inv, 1, 1, 0, 0, words)
+        bits = PackedBits(words, self.channels)
+        return bits if self.pool is None else self.pool(bits)
+
+    def extra_repr(self):
+        return f"{self.channels}"
+
+
+class BitMaxPool(nn.Module):
+    """Max-pooling of signs on :class:`PackedBits`: an OR over each window's valid pixels, then the words
+    flipped where ``post_invert`` is set (a pool in front of a BN with a negative scale)."""
+
+    def __init__(self, kernel_size, stride, padding, post_invert):
+        super().__init__()
+        self.kernel_size, self.stride = _pair(kernel_size, "kernel_size"), _pair(stride or kernel_size, "stride")
+        self.padding = _pair(padding, "padding")
+        self.channels = len(post_invert)
+        self._post = _bit_words(post_invert)
+
+    @classmethod
+    def from_pool(cls, pool, post_invert):
+        return cls(pool.kernel_size, pool.stride, pool.padding, post_invert)
+
+    def forward(self, bits):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        batch, height, width, nw = bits.words.shape
+        out = np.empty((batch, (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1, nw), np.uint64)
+        require_kernels().bitpool(bits.words, kh, kw, sh, sw, ph, pw, self._post, out)
+        return PackedBits(out, bits.channels)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 def _reason(module, slot):
@@ -344,6 +529,53 @@ def pack_model(model, layers, *, tensors=None, fallback=False, source="model"):
     return report
 
 
+def _is_sign(module):
+    """A PreSign whose binarizer adds nothing before its sign: its input's sign is the conv's input."""
+    return (isinstance(module, PreSign)
+            and type(module.binarizer).pre_sign is binarize.activations.ActivationBinarizer.pre_sign)
+
+
+def _replace(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def fold_model(model, example):
+    """Fold the float layers between the packed convs of ``model`` (after :func:`pack_model`) into bit
+    operations, in place (see deploy.fold): packed convs feeding packed convs through BN, ReLU, max-pool
+    and sign write bits, max-pools of signs become :class:`BitMaxPool`, the BN in front of a sign becomes
+    the packing's thresholds and a BN read only by a packed conv's output its scales. The other float convs
+    switch to channels-last memory, which torch's CPU pooling and BN run faster. ``example`` is an input
+    (or its shape) for the one traced forward. Returns the plan (deploy.fold's Chain and AffineFold list).
+    """
+    example = example if isinstance(example, torch.Tensor) else torch.zeros(tuple(example))
+    model.eval()
+    plan = fold.find_folds(model, example, is_packed=lambda m: isinstance(m, PackedConv2d), is_sign=_is_sign)
+    modules = dict(model.named_modules())
+    for step in plan:
+        if isinstance(step, fold.AffineFold):
+            modules[step.conv].fold_affine(step.scale, step.shift)
+            _replace(model, step.bn, nn.Identity())
+            continue
+        pool = modules[step.pool] if step.pool else None
+        replacement = {name: nn.Identity() for name in step.modules}
+        if step.source == "bits":
+            modules[step.producer].fold_output(step.threshold, step.invert)
+            if pool is not None:
+                replacement[step.pool] = BitMaxPool.from_pool(pool, step.post_invert)
+        elif pool is not None:  # the chain's first layer packs (and pools) the float tensor
+            geometry = (pool.kernel_size, pool.stride, pool.padding)
+            replacement[step.modules[0]] = SignPack(step.threshold, step.invert, geometry, step.post_invert)
+        else:
+            modules[step.consumer].fold_input(step.threshold, step.invert)
+        for name, module in replacement.items():
+            _replace(model, name, module)
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.to(memory_format=torch.channels_last)
+    return plan
+
+
 def load_packed(path, device="cpu", *, fallback=False):
     """``(model, config, report)``: the export at ``path`` rebuilt with packed convs, in eval mode.
 
@@ -365,6 +597,9 @@ def load_packed(path, device="cpu", *, fallback=False):
                   for name, _ in model.named_modules() if name in layers]
         return model.to(device).eval(), config, report
     report = pack_model(model, layers, tensors=tensors, fallback=fallback, source=path)
+    if any(row["packed"] for row in report):
+        size = config.get("inpsize") or models.model_info(config["model_def"]).default_inpsize
+        fold_model(model, (1, config.get("in_channels") or 1, size, size))
     return model.eval(), config, report
 
 

@@ -70,6 +70,11 @@ CONV_CASES = [  # (method, c_in, c_out, kernel, stride, padding, batch, side)
     ("arbitrary", 3, 130, 3, 3, 0, 1, 10),
     ("xnor", 64, 24, 1, 2, 0, 2, 9),  # a strided 1x1 conv packs every second row and column only
     ("arbitrary", 100, 70, 1, 3, 0, 1, 10),
+    # fewer than 64 channels: the words of neighbouring taps side by side (3 taps of 16 or 8 channels, 5 of 8)
+    ("dab", 32, 32, 3, 1, 1, 2, 8),
+    ("xnor", 16, 32, 3, 2, 1, 1, 9),
+    ("dab", 8, 8, 5, 1, 2, 1, 7),
+    ("sign", 32, 16, 3, 1, 0, 1, 6),
 ]
 
 
@@ -96,6 +101,7 @@ def test_conv_matches_dense(method, c_in, c_out, k, stride, padding, batch, side
     conv = PackedConv2d(mask, alpha, beta, bias, stride, padding)
     x = signs((batch, c_in, side, side), seed=k)
     assert_matches_dense(conv, x)
+    assert torch.equal(conv(x.contiguous(memory_format=torch.channels_last)), conv(x))  # the other packer
     weight = beta.view(-1, 1, 1, 1) + (alpha - beta).view(-1, 1, 1, 1) * mask
     tol = 1e-6 * conv(x).abs().max().item() + 1e-6
     assert torch.allclose(conv(x), F.conv2d(x, weight, bias, stride, padding), rtol=1e-5, atol=tol)
@@ -266,15 +272,21 @@ def zeros_pass_bn(model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, fallback, packed_count", [("sketchanetfbin", False, 6), ("resnetfbin18", True, 19)])
-def test_load_packed_matches_dense(name, fallback, packed_count, tmp_path):
+@pytest.mark.parametrize("name, fallback, packed_count, emitting", [("sketchanetfbin", False, 6, 5),
+                                                                    ("resnetfbin18", True, 19, 8)])
+def test_load_packed_matches_dense(name, fallback, packed_count, emitting, tmp_path):
     path = export(build(name), name, tmp_path)
     dense, _ = load_export(path)
     model, config, report = load_packed(path, fallback=fallback)
     assert config["model_def"] == name and not model.training
     assert sum(row["packed"] for row in report) == packed_count
     assert sum(isinstance(m, PackedConv2d) for m in model.modules()) == packed_count
-    assert sum(isinstance(m, PreSign) for m in model.modules()) == packed_count  # the sign is in the packing
+    # every sign is folded into a packing; Sketch-A-Net's convs 2-6 hand the next one bits through ReLU,
+    # max-pool, BN and sign, as does the first conv of each ResNet block (the second feeds a residual sum)
+    if name == "sketchanetfbin":  # conv 1's BN, ReLU and pool, and every later BN, fold into bit operations
+        assert not any(isinstance(m, (nn.BatchNorm2d, nn.MaxPool2d)) for m in model.modules())
+    assert sum(isinstance(m, PreSign) for m in model.modules()) == 0
+    assert sum(isinstance(m, PackedConv2d) and m.emits_bits for m in model.modules()) == emitting
     x = inputs(name)
     with torch.no_grad():
         assert_same_outputs(dense(x), model(x))
@@ -354,7 +366,9 @@ def test_realistic_codes_layer_by_layer(tmp_path):
     name = "sketchanetfbin"
     path = export(build(name, dyadic=False), name, tmp_path)
     dense, _ = load_export(path)
-    model, _, report = load_packed(path)
+    tensors, _, layers = read_export(path)
+    model, _ = load_export(path)
+    report = pack_model(model, layers, tensors=tensors)  # packed convs that write floats: no folding
     seen = {}
     convs = dict(dense.named_modules())
     for row in report:
