@@ -179,6 +179,8 @@ def _stored_options(state, path):
     full = vars(build.read_saved_args(state, path))
     keys = set(raw) | {"binLayers", "binActivation", "backward", "inpsize"}
     stored = {key: full[key] for key in keys if key in full}
+    if "backward" in raw:  # None where nothing is binarized: read_saved_args's "ste" completes older records only
+        stored["backward"] = raw["backward"]
     if state.get("num_classes"):
         stored["nClasses"] = int(state["num_classes"])
     return stored

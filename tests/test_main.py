@@ -320,3 +320,15 @@ def test_args_json_and_every_checkpoint_hold_the_resolved_facts(sketches, tmp_pa
     assert (plain["weights_binarized"], plain["binarized_convs"], plain["weight_binarizer"], plain["backward"]) == (
         False, [], None, None)
     assert plain["data_fingerprint"] == facts["data_fingerprint"]  # the same files in the same classes
+
+
+@pytest.mark.slow
+def test_a_full_precision_run_continues_with_the_same_command(tmp_path):
+    """A run with nothing binarized records no backward rule; rerunning its command with --resume auto
+    continues it (the stored None is not read back as the "ste" default of older checkpoints)."""
+    argv = ["--model_def", "resnet20_fp", "--inpsize", "8", "--batch-size", "64", "--workers", "0",
+            "--logdir", str(tmp_path / "runs"), "--store", str(tmp_path / "ckpt"), "--name", "fp"]
+    assert main.main(argv + ["--epochs", "1"]) == 0
+    assert main.main(argv + ["--epochs", "2", "--resume", "auto"]) == 0
+    with open(tmp_path / "runs" / "fp" / "metrics.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
