@@ -52,7 +52,17 @@ def require_kernels():
             raise PackedUnavailable("packed inference assumes a little-endian CPU; pass --packed auto to run the "
                                     "model dense")
         _compiled = _Kernels()
+        _follow_torch_threads(_compiled.numba)
     return _compiled
+
+
+def _follow_torch_threads(numba):
+    """numba's thread count set to torch's (at most numba's pool), so that packed and dense layers use the
+    same cores; torch's count is set again after, since numba's first call can reset the shared OpenMP pool."""
+    import torch
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    torch.set_num_threads(threads)
 
 
 class _Kernels:
