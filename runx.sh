@@ -9,7 +9,7 @@
 #   TUBERLIN_DIR=... bash runx.sh autohybrid [--keep N | --budget F]  # train fbin, plan, train the hybrid
 #   CIFAR10_DIR=~/data/cifar bash runx.sh cifar10_resnet20_sdbnn    # SD-BNN's table (list: runx.sh list)
 #   bash runx.sh digits_paper [bench_digits flags]                   # the paper's comparison on the embedded
-#                                                                    # digits, 10 seeds (~130 CPU-minutes)
+#                                                                    # digits, 10 seeds (136 CPU-minutes)
 #
 # TUBERLIN_DIR: the folder holding png/ (as sketches_png.zip unzips; 3-fold split, --fold from FOLD,
 # default 1) or the original's pre-split tuberlin/{train,val} layout. SKETCHY_DIR: the folder holding

@@ -18,7 +18,10 @@ about 60 s on two threads and 90 s on one, an epoch of ResNet-20 at 32 px 9 s an
 earlier 3-seed, 2-epoch Sketch-A-Net runs put the fbin DAB - XNOR difference at about 3 points with
 a per-seed spread of 3-4 points, so 10 pairs give a 95% interval of about +-2.5 points: 10 seeds, and
 1 epoch of Sketch-A-Net (2 would double its share of the budget). Budget: 50 Sketch-A-Net runs x 1
-epoch + 30 ResNet-20 runs x 8 epochs, about 130 CPU-minutes, about 65 minutes on 2 cores.
+epoch + 30 ResNet-20 runs x 8 epochs, planned at about 130 CPU-minutes; the full run took 136
+CPU-minutes (2 hours of wall time on 2 cores beside other work). It showed the per-seed spread of a
+difference to be larger at 1 epoch (sd 5.3 points for wbin DAB - XNOR, 9.7 for fbin), so 10 seeds
+leave the DAB - XNOR comparisons undecided: a 4-point fbin effect would need about 25 seeds.
 
 Every run is a ``python main.py`` child process (``--jobs`` at a time, each with cores / jobs threads),
 its logs and checkpoints under ``--out``. A rerun with the same ``--out`` keeps finished runs and

@@ -521,3 +521,24 @@ def test_main_evaluates_an_export_packed_like_dense(tmp_path, capsys):
     loss, top1, out = val(str(tmp_path / "all.safetensors"), "--packed", "auto")
     assert top1 == dense_top1 and loss == pytest.approx(dense_loss, abs=1e-3)
     assert "packed: 7 of 8 binarized layers" in out and "dense: features.conv9.conv" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sketchanetfbin", "resnetfbin18", "resnet20_1w1a"])
+def test_negative_and_zero_bn_scales_fold_exactly(name, tmp_path):
+    """BNs with negative scales (the folded sign test flips, and a max-pool of it becomes an AND) and zero
+    scales (the sign behind is a constant: +1 where the shift is >= 0) in every family: packed = dense."""
+    model = build(name)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight[::3] *= -1
+                m.weight[1::7] = 0
+                m.bias[1::14] = 0  # half the zero-scale channels give exactly 0, whose sign is +1
+    path = export(model, name, tmp_path)
+    dense, _ = load_export(path)
+    packed, _, _ = load_packed(path, fallback=True)
+    assert any(isinstance(m, PackedConv2d) and m.emits_bits for m in packed.modules()) or name == "resnet20_1w1a"
+    x = inputs(name, batch=3)
+    with torch.no_grad():
+        assert_same_outputs(F.log_softmax(dense(x), 1), F.log_softmax(packed(x), 1))
