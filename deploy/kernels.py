@@ -15,7 +15,7 @@ TILE = 4     # output pixels per register tile
 TASK_PIXELS = 64  # output pixels per parallel task, at most
 MIN_TASK_PIXELS = 16  # ... and at least (then the channels are split for small outputs)
 TASKS_PER_THREAD = 8
-SERIAL_WORK = 120_000  # a conv with less work (outputs x (taps x words + 4)) runs on one thread
+SERIAL_WORK = 120_000  # a conv with less work (outputs x (taps x words + 4)) runs the serial kernels
 
 _compiled = None
 
@@ -472,7 +472,7 @@ class _Kernels:
         block = vectors * LANES
         wide, narrow = self._build_tile(TILE, vectors, bits), self._build_tile(1, vectors, bits)
         prange = self._prange
-        threads, set_threads = self.numba.get_num_threads, self.numba.set_num_threads
+        threads = self.numba.get_num_threads
 
         @self._njit(parallel=parallel, nogil=True, boundscheck=False, error_model="numpy", cache=False)
         def conv(xr, out, cout, wt, diff, beta, bias, thr, inv, etab, nvtab, rowcls, colcls, sh, sw, KH, KW, NW):
@@ -484,9 +484,6 @@ class _Kernels:
             B, Hp, Wr = xr.shape[0], xr.shape[1], xr.shape[2]
             Ho, Wo, ostride = out.shape[1], out.shape[2], out.shape[3]
             padded = diff.shape[0]
-            workers = threads() if parallel else 1
-            if parallel and B * Ho * Wo * padded * (KH * KW * NW + 4) < SERIAL_WORK:
-                set_threads(1)  # waking the other threads costs more than they save
             nblocks = padded // block
             ncols = nvtab.shape[1]
             K = KH * KW * NW
@@ -537,6 +534,4 @@ class _Kernels:
                         for i in range(n):
                             narrow(xf, i, offs, wt, woff, KH, KW * NW, Wr * NW, of, ooffs, diff, beta, bias, thr,
                                    inv, ef, eoffs, nvs, c0, cn)
-            if parallel:
-                set_threads(workers)
         return conv
